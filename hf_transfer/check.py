@@ -1,0 +1,59 @@
+"""Pre-flight check (``hf-transfer check``): validate a recipe against its data and model, train nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .data.prepare import prepare_data
+from .errors import DataError, ModelError
+from .models.sources import resolve_model_source
+from .recipe import Recipe
+from .tasks.base import get_task
+
+SAMPLE_ROWS = 16
+
+
+def _model_summary(recipe: Recipe) -> dict[str, Any]:
+    source = resolve_model_source(recipe.model.name_or_path, recipe.task)
+    if source.kind == "timm":
+        return {"source": "timm architecture", "architecture": source.location}
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source.location, revision=recipe.model.revision,
+                                            trust_remote_code=recipe.model.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"Could not load the config of '{recipe.model.name_or_path}': {error}") from None
+    return {"source": source.kind, "location": source.location, "model_type": config.model_type,
+            "architecture": getattr(config, "architecture", None) or (config.architectures or ["?"])[0]}
+
+
+def _check_sample(recipe: Recipe, data) -> int:
+    """Decode the first rows of each split the way training will; returns how many were checked."""
+    checked = 0
+    for name, split in (("train", data.train), ("validation", data.validation), ("test", data.test)):
+        if split is None:
+            continue
+        rows = split.select(range(min(SAMPLE_ROWS, len(split))))
+        for index, row in enumerate(rows):
+            for role, column in data.columns.items():
+                value = row[column]
+                if role == "image":
+                    from .tasks.image import to_rgb
+
+                    to_rgb(value)
+                elif role in ("text", "text_pair") and (not isinstance(value, str) or not value.strip()):
+                    raise DataError(f"{name} split, row {index}: column '{column}' is empty or not text ({value!r}).")
+            checked += 1
+    return checked
+
+
+def check_recipe(recipe: Recipe) -> dict[str, Any]:
+    task = get_task(recipe.task)
+    seed = int(recipe.training.get("seed", 42))
+    data = prepare_data(recipe.data, task.input_roles, seed)
+    return {
+        "task": recipe.task, "model": _model_summary(recipe), "strategy": recipe.strategy.to_mapping(),
+        "columns": data.columns, "labels": data.label_names, "splits": data.sizes(), "split_sources": data.sources,
+        "rows_checked": _check_sample(recipe, data), "output_dir": recipe.output.dir,
+    }

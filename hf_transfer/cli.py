@@ -1,0 +1,129 @@
+"""``hf-transfer`` command line: finetune, check, evaluate, push.
+
+Mistakes a user can fix (recipe, data, model, output folder) print one message and exit with
+code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable
+
+from .errors import HfTransferError
+
+EXIT_USER_ERROR = 2
+
+
+def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="path to a recipe YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a recipe field, e.g. --set training.learning_rate=3e-5 (repeatable)")
+
+
+def _load_recipe(args):
+    from .recipe import Recipe
+
+    return Recipe.from_yaml(args.recipe, args.overrides)
+
+
+def cmd_finetune(args) -> int:
+    from .training.run import finetune
+
+    result = finetune(_load_recipe(args))
+    _print_summary(result.metrics, result.output_dir)
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .check import check_recipe
+
+    report = check_recipe(_load_recipe(args))
+    print(json.dumps(report, indent=2, default=str))
+    print(f"OK: {len(report['labels'])} labels, splits {report['splits']}. Nothing was trained.")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation.evaluate import evaluate_model
+
+    report = evaluate_model(args.model_dir, args.data, split=args.split, overrides=args.overrides,
+                            batch_size=args.batch_size)
+    text = json.dumps(report, indent=2)
+    if args.output:
+        from pathlib import Path
+
+        from .training.outputs import write_atomic
+
+        write_atomic(Path(args.output), text + "\n")
+    print(text if not args.output else f"accuracy {report['accuracy']:.4f}; report written to {args.output}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .hub import push_folder
+
+    print(push_folder(args.model_dir, args.repo_id, private=args.private))
+    return 0
+
+
+def _print_summary(metrics: dict, output_dir) -> None:
+    def line(name: str, report: dict | None) -> None:
+        if report:
+            print(f"  {name:<24} accuracy {report['accuracy']:.2%}  macro-F1 {report['f1_macro']:.2%}")
+
+    split = "test" if "test" in metrics else "validation"
+    print(f"\nResults on the {split} split ({output_dir}):")
+    line("pretrained (transfer)", metrics.get(split))
+    if "scratch" in metrics:
+        line("from scratch", metrics["scratch"].get(split))
+        print(f"  {'transfer gain':<24} accuracy {metrics['transfer_gain']['accuracy']:+.2%}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-transfer", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    finetune = commands.add_parser("finetune", help="train a recipe and write its model folder")
+    _recipe_arguments(finetune)
+    finetune.set_defaults(run=cmd_finetune)
+    check = commands.add_parser("check", help="validate recipe, model config and data; train nothing")
+    _recipe_arguments(check)
+    check.set_defaults(run=cmd_check)
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved model folder on labelled data")
+    evaluate.add_argument("model_dir")
+    evaluate.add_argument("--data", required=True, help="dataset id, folder or file")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--output", help="write the JSON report here")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    evaluate.set_defaults(run=cmd_evaluate)
+    push = commands.add_parser("push", help="upload a finished model folder to the Hub")
+    push.add_argument("model_dir")
+    push.add_argument("repo_id")
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(run=cmd_push)
+    return parser
+
+
+def run_cli(argv: list[str] | None, default: Callable | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except HfTransferError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""From raw splits to train / validation / test with one label set and known columns."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from datasets import ClassLabel, Dataset, DatasetDict, Value
+
+from ..errors import DataError
+from ..recipe import DataSection
+from .sampling import per_class_indices, stratified_indices, stratified_split
+from .sources import load_raw
+
+logger = logging.getLogger(__name__)
+
+LABEL = "labels"
+"""Name of the integer label column after preparation (what ``transformers`` models expect)."""
+
+#: Column names tried, in order, when the recipe does not name a column.
+COLUMN_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "image": ("image", "img", "pixel_values", "picture", "photo"),
+    "text": ("text", "sentence", "sentence1", "content", "review", "question", "document"),
+    "text_pair": ("text_pair", "sentence2", "hypothesis", "question2"),
+    "label": ("label", "labels", "fine_label", "coarse_label", "class", "target", "category"),
+}
+VALIDATION_NAMES = ("validation", "valid", "val", "dev")
+TEST_NAMES = ("test", "testing")
+
+
+@dataclass
+class PreparedData:
+    """Splits with a ``labels`` ClassLabel column, the label names and the input columns by role."""
+
+    train: Dataset
+    validation: Dataset
+    test: Dataset | None
+    label_names: list[str]
+    columns: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def sizes(self) -> dict[str, int]:
+        sizes = {"train": len(self.train), "validation": len(self.validation)}
+        if self.test is not None:
+            sizes["test"] = len(self.test)
+        return sizes
+
+
+def resolve_column(role: str, requested: str | None, available: list[str], required: bool = True) -> str | None:
+    if requested is not None:
+        if requested not in available:
+            raise DataError(f"'data.{role}_column' = '{requested}' is not a column of the data. "
+                            f"Columns: {', '.join(available)}.")
+        return requested
+    for candidate in COLUMN_CANDIDATES[role]:
+        if candidate in available:
+            return candidate
+    if required:
+        raise DataError(f"Could not find the {role} column (tried {', '.join(COLUMN_CANDIDATES[role])}). "
+                        f"Columns: {', '.join(available)}. Set 'data.{role}_column'.")
+    return None
+
+
+def _label_names(train: Dataset, column: str) -> list[str]:
+    feature = train.features[column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    values = [v for v in train.unique(column) if v is not None]
+    if not values:
+        raise DataError(f"The label column '{column}' of the train split is empty.")
+    if all(isinstance(v, bool) for v in values) or not all(isinstance(v, (int, str)) for v in values):
+        raise DataError(f"Labels in column '{column}' must be class names or integers; got e.g. {values[:3]}.")
+    return [str(v) for v in sorted(values)]
+
+
+def _encode_labels(split: Dataset, split_name: str, column: str, names: list[str]) -> Dataset:
+    """Turn ``column`` into the shared ``labels`` ClassLabel column; unknown labels are an error."""
+    target = ClassLabel(names=names)
+    feature = split.features[column]
+    if isinstance(feature, ClassLabel):
+        if list(feature.names) != names:
+            unknown = sorted(set(feature.names) - set(names))
+            if unknown:
+                raise DataError(f"The {split_name} split has labels that train does not: {', '.join(unknown)}.")
+            mapping = {i: names.index(n) for i, n in enumerate(feature.names)}
+            split = split.map(lambda b: {column: [mapping.get(v, v) for v in b[column]]}, batched=True,
+                              input_columns=None, desc=f"Aligning {split_name} labels")
+            split = split.cast_column(column, Value("int64"))
+        elif min(split.unique(column), default=0) < 0:
+            raise DataError(f"The {split_name} split has unlabelled rows (label -1); "
+                            "hidden-label test sets cannot be evaluated. Use another split.")
+    else:
+        present = {str(v) for v in split.unique(column)}
+        unknown = sorted(present - set(names))
+        if unknown:
+            shown = ", ".join(unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+            raise DataError(f"The {split_name} split has labels that train does not: {shown}. "
+                            "Every evaluated label must occur in train.")
+        index = {n: i for i, n in enumerate(names)}
+        split = split.map(lambda b: {column: [index[str(v)] for v in b[column]]}, batched=True,
+                          desc=f"Encoding {split_name} labels")
+        split = split.cast_column(column, Value("int64"))
+    split = split.cast_column(column, target)
+    return split.rename_column(column, LABEL) if column != LABEL else split
+
+
+def _find_split(raw: DatasetDict, requested: str | None, names: tuple[str, ...], field_name: str) -> str | None:
+    if requested is not None:
+        if requested not in raw:
+            raise DataError(f"'data.{field_name}' = '{requested}' is not a split. Splits: {', '.join(raw)}.")
+        return requested
+    return next((n for n in names if n in raw), None)
+
+
+def _subset(split: Dataset, size: int | None, seed: int) -> Dataset:
+    if size is None or size >= len(split):
+        return split
+    return split.select(stratified_indices(list(split[LABEL]), size, seed))
+
+
+def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) -> PreparedData:
+    """Load, check and split the data; ``input_roles`` are e.g. ("image",) or ("text", "text_pair")."""
+    raw = load_raw(section)
+    if section.train_split not in raw:
+        raise DataError(f"'data.train_split' = '{section.train_split}' is not a split. Splits: {', '.join(raw)}.")
+    train = raw[section.train_split]
+    if len(train) == 0:
+        raise DataError(f"The train split '{section.train_split}' is empty.")
+    available = list(train.column_names)
+    columns = {}
+    for role in input_roles:
+        requested = getattr(section, f"{role}_column")
+        column = resolve_column(role, requested, available, required=role != "text_pair")
+        if column is not None:
+            columns[role] = column
+    columns["label"] = resolve_column("label", section.label_column, available)
+    names = _label_names(train, columns["label"])
+    if len(names) < 2:
+        raise DataError(f"The train split has a single class ({names[0]}); classification needs at least two.")
+
+    keep = [c for c in columns.values()]
+    sources = {}
+
+    def clean(split: Dataset, split_name: str) -> Dataset:
+        missing = [c for c in keep if c not in split.column_names]
+        if missing:
+            raise DataError(f"The {split_name} split lacks column(s) {', '.join(missing)}. "
+                            f"Columns: {', '.join(split.column_names)}.")
+        if len(split) == 0:
+            raise DataError(f"The {split_name} split is empty.")
+        split = split.select_columns(keep)
+        return _encode_labels(split, split_name, columns["label"], names)
+
+    train = clean(train, "train")
+    validation_name = _find_split(raw, section.validation_split, VALIDATION_NAMES, "validation_split")
+    test_name = _find_split(raw, section.test_split, TEST_NAMES, "test_split")
+    test = clean(raw[test_name], test_name) if test_name else None
+    sources["test"] = f"split '{test_name}'" if test_name else "none"
+    if test is None and section.test_fraction > 0:
+        rest, held = stratified_split(list(train[LABEL]), section.test_fraction, seed)
+        train, test = train.select(rest), train.select(held)
+        sources["test"] = f"{section.test_fraction:.0%} of train (stratified, seed {seed})"
+    if validation_name:
+        validation = clean(raw[validation_name], validation_name)
+        sources["validation"] = f"split '{validation_name}'"
+    else:
+        rest, held = stratified_split(list(train[LABEL]), section.validation_fraction, seed)
+        train, validation = train.select(rest), train.select(held)
+        sources["validation"] = f"{section.validation_fraction:.0%} of train (stratified, seed {seed})"
+
+    if section.samples_per_class is not None:
+        train = train.select(per_class_indices(list(train[LABEL]), section.samples_per_class, seed))
+    train = _subset(train, section.max_train_samples, seed)
+    validation = _subset(validation, section.max_eval_samples, seed)
+    if test is not None:
+        test = _subset(test, section.max_test_samples, seed)
+    missing = sorted(set(range(len(names))) - set(train.unique(LABEL)))
+    if missing:
+        logger.warning("After subsampling, train has no example of: %s", ", ".join(names[i] for i in missing))
+    return PreparedData(train=train, validation=validation, test=test, label_names=names,
+                        columns=columns, sources=sources)

@@ -1,0 +1,59 @@
+"""Evaluate a saved model folder on a labelled split (``hf-transfer evaluate``)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..data.prepare import PreparedData, _encode_labels, resolve_column
+from ..data.sources import load_raw
+from ..errors import DataError, ModelError
+from ..recipe import Recipe
+from ..tasks.base import get_task
+from ..training.outputs import RECIPE_FILE
+
+
+def _model_label_names(model_dir: Path) -> list[str]:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    return [config.id2label[i] for i in range(len(config.id2label))]
+
+
+def evaluate_model(model_dir: str | Path, data_path: str, split: str = "test",
+                   overrides: list[str] | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """Full classification report of the model in ``model_dir`` on ``split`` of ``data_path``."""
+    from ..training.run import evaluate_split
+    from ..training.trainer import TransferTrainer
+    from ..strategies import create_strategy
+    from ..models.layout import ParameterLayout
+
+    model_dir = Path(model_dir)
+    if not (model_dir / RECIPE_FILE).is_file():
+        raise ModelError(f"'{model_dir}' has no {RECIPE_FILE}; evaluate needs a folder written by hf-transfer.")
+    recipe = Recipe.from_yaml(model_dir / RECIPE_FILE, [f"data.path={data_path}", f"model.name_or_path={model_dir}",
+                                                        "model.pretrained=true", *(overrides or [])])
+    raw = load_raw(recipe.data)
+    if split not in raw:
+        raise DataError(f"Split '{split}' not found in '{data_path}'. Splits: {', '.join(raw)}.")
+    dataset = raw[split]
+    task = get_task(recipe.task)
+    columns = {role: resolve_column(role, getattr(recipe.data, f"{role}_column"), dataset.column_names,
+                                    required=role != "text_pair") for role in task.input_roles}
+    columns = {k: v for k, v in columns.items() if v}
+    columns["label"] = resolve_column("label", recipe.data.label_column, dataset.column_names)
+    names = _model_label_names(model_dir)
+    dataset = _encode_labels(dataset.select_columns(list(columns.values())), split, columns["label"], names)
+    data = PreparedData(train=dataset.select(range(0)), validation=dataset, test=None, label_names=names,
+                        columns=columns)
+    model, processor = task.load_model(recipe, names)
+    inputs = task.model_inputs(recipe, data, model, processor)
+    from transformers import TrainingArguments
+
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size, report_to="none",
+                                 remove_unused_columns=False)
+        trainer = TransferTrainer(model=model, args=args, data_collator=inputs.collator, processing_class=processor,
+                                  strategy=create_strategy("full", None, ParameterLayout((), ())))
+        return evaluate_split(trainer, inputs.validation, names, split)

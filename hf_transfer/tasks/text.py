@@ -1,0 +1,74 @@
+"""Text classification: any ``AutoModelForSequenceClassification`` encoder and its tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                          PreTrainedModel)
+
+from ..data.prepare import LABEL, PreparedData
+from ..errors import DataError, ModelError
+from ..models.sources import resolve_model_source
+from ..recipe import Recipe
+from .base import ModelInputs, label_maps, register_task
+
+
+@register_task
+class TextClassification:
+    name: ClassVar[str] = "text-classification"
+    pipeline_tag: ClassVar[str] = "text-classification"
+    input_roles: ClassVar[tuple[str, ...]] = ("text", "text_pair")
+    training_defaults: ClassVar[dict[str, Any]] = {"learning_rate": 5e-5, "dataloader_num_workers": 0}
+
+    def load_model(self, recipe: Recipe, label_names: list[str]) -> tuple[PreTrainedModel, Any]:
+        section = recipe.model
+        source = resolve_model_source(section.name_or_path, task=self.name)
+        common = {"revision": section.revision, "trust_remote_code": section.trust_remote_code}
+        labels = {"num_labels": len(label_names), **label_maps(label_names)}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
+            if section.pretrained:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source.location, ignore_mismatched_sizes=True, **labels, **common)
+            else:
+                config = AutoConfig.from_pretrained(source.location, **labels, **common)
+                model = AutoModelForSequenceClassification.from_config(
+                    config, trust_remote_code=section.trust_remote_code)
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelError(f"Could not load text model '{section.name_or_path}' ({source.kind}): {error}") from None
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ModelError(f"The tokenizer of '{section.name_or_path}' has no pad or eos token.")
+            tokenizer.pad_token = tokenizer.eos_token
+            model.config.pad_token_id = tokenizer.pad_token_id
+        return model, tokenizer
+
+    def model_inputs(self, recipe: Recipe, data: PreparedData, model: PreTrainedModel, processor: Any) -> ModelInputs:
+        tokenizer = processor
+        text, pair = data.columns["text"], data.columns.get("text_pair")
+        max_length = min(recipe.data.max_length, getattr(tokenizer, "model_max_length", recipe.data.max_length))
+
+        def tokenize(batch: dict[str, list]) -> dict[str, Any]:
+            for column in filter(None, (text, pair)):
+                bad = [i for i, v in enumerate(batch[column]) if not isinstance(v, str)]
+                if bad:
+                    raise DataError(f"Column '{column}' holds a non-text value ({batch[column][bad[0]]!r}); "
+                                    "fill or drop those rows.")
+            encoded = tokenizer(list(batch[text]), list(batch[pair]) if pair else None,
+                                truncation=True, max_length=max_length)
+            return {**encoded, LABEL: batch[LABEL]}
+
+        def encode(split, name: str):
+            if split is None:
+                return None
+            return split.map(tokenize, batched=True, remove_columns=split.column_names,
+                             desc=f"Tokenizing {name}")
+
+        collator = DataCollatorWithPadding(tokenizer)
+        return ModelInputs(train=encode(data.train, "train"), validation=encode(data.validation, "validation"),
+                           test=encode(data.test, "test"), collator=collator)
+
+    def save_processor(self, processor: Any, model: PreTrainedModel, directory: Path) -> None:
+        processor.save_pretrained(directory)

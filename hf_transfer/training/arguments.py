@@ -1,0 +1,87 @@
+"""The recipe's ``training`` section -> ``transformers.TrainingArguments``.
+
+Every ``TrainingArguments`` field passes through unchanged; hf-transfer only fills defaults that
+suit transfer learning (evaluate and checkpoint each epoch, keep the best model, no trackers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config_utils import unknown_key_error
+from ..errors import RecipeError
+
+#: Defaults under the user's ``training`` section; task-specific ones come from the task.
+TRANSFER_DEFAULTS: dict[str, Any] = {
+    "num_train_epochs": 3,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "weight_decay": 0.01,
+    "warmup_steps": 0.1,
+    "lr_scheduler_type": "cosine",
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "steps",
+    "logging_steps": 10,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "accuracy",
+    "greater_is_better": True,
+    "save_total_limit": 2,
+    "report_to": "none",
+    "seed": 42,
+}
+
+#: Fields hf-transfer owns: they follow from ``output.*`` or from the task.
+MANAGED = {"output_dir", "remove_unused_columns", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo"}
+_MUST_BE_POSITIVE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
+                     "per_device_eval_batch_size", "gradient_accumulation_steps")
+
+
+@functools.cache
+def training_argument_fields() -> frozenset[str]:
+    from transformers import TrainingArguments
+
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+
+
+def validate_training_section(training: dict[str, Any]) -> None:
+    """Reject unknown, managed and impossible keys without building anything heavy."""
+    valid = training_argument_fields()
+    for key, value in training.items():
+        if key in MANAGED:
+            raise RecipeError(f"'training.{key}' is set by hf-transfer; use the 'output' section instead.")
+        if key not in valid:
+            raise unknown_key_error(key, "training.", valid)
+        if key in _MUST_BE_POSITIVE:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise RecipeError(f"'training.{key}' must be a number; got {value!r}.") from None
+            if not number > 0:
+                raise RecipeError(f"'training.{key}' must be > 0; got {value!r}.")
+    if float(training.get("learning_rate", 1e-4)) >= 10:
+        raise RecipeError(f"'training.learning_rate' = {training['learning_rate']} is far too large; typical values are 1e-5 .. 1e-2.")
+
+
+def default_num_workers() -> int:
+    """Image decoding and augmentation run in workers; leave one core to the training process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores - 1)) if cores > 1 else 0
+
+
+def build_training_arguments(training: dict[str, Any], output_dir: Path, task_defaults: dict[str, Any]):
+    """Merge defaults, the task's defaults and the recipe's values into ``TrainingArguments``."""
+    from transformers import TrainingArguments
+
+    values = {**TRANSFER_DEFAULTS, **task_defaults, **training}
+    values.update(output_dir=str(output_dir), remove_unused_columns=False, push_to_hub=False)
+    if values.get("eval_strategy") != values.get("save_strategy") and values.get("load_best_model_at_end"):
+        values["save_strategy"] = values["eval_strategy"]
+    try:
+        return TrainingArguments(**values)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"Invalid 'training' section: {error}") from None

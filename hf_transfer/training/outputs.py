@@ -1,0 +1,101 @@
+"""The run folder: checkpoints while training, a finished Hugging Face model folder after.
+
+A run counts as finished once ``metrics.json`` exists; it is written last, and every file is
+written to a temporary name first and renamed, so a killed run never looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputError
+
+logger = logging.getLogger(__name__)
+
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.json"
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
+                                     encoding="utf-8") as handle:
+        handle.write(text)
+        temporary = Path(handle.name)
+    os.replace(temporary, path)
+    return path
+
+
+class RunFolder:
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def is_finished(self) -> bool:
+        return (self.path / METRICS_FILE).is_file()
+
+    def is_run_folder(self) -> bool:
+        return (self.path / RECIPE_FILE).is_file()
+
+    def prepare(self, recipe_yaml: str) -> str | None:
+        """Check the folder may be used, write the resolved recipe, return a checkpoint to resume from."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputError(f"'output.dir' = '{self.path}' is a file, not a folder.")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            if not self.is_run_folder():
+                raise OutputError(f"'output.dir' = '{self.path}' is not empty and holds no hf-transfer run "
+                                  "(no recipe.yaml). Choose an empty or new folder.")
+            if self.is_finished() and not self.overwrite:
+                raise OutputError(f"'{self.path}' holds a finished run. Set output.overwrite=true to replace it, "
+                                  "or choose another output.dir.")
+            if self.overwrite:
+                logger.warning("output.overwrite=true: removing the previous run in %s", self.path)
+                shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path / RECIPE_FILE, recipe_yaml)
+        if self.checkpoints.is_dir():
+            last = get_last_checkpoint(str(self.checkpoints))
+            if last:
+                logger.info("Resuming from %s", last)
+            return last
+        return None
+
+    def write_text(self, name: str, text: str) -> Path:
+        return write_atomic(self.path / name, text)
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return write_atomic(self.path / name, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    def staging(self) -> Path:
+        """A fresh hidden folder inside the run folder; ``commit_staging`` moves its files in."""
+        staging = self.path / ".staging"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        return staging
+
+    def commit_staging(self) -> None:
+        staging = self.path / ".staging"
+        for item in sorted(staging.iterdir()):
+            target = self.path / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        staging.rmdir()
+
+    def finish(self, metrics: dict[str, Any], keep_checkpoints: bool) -> None:
+        self.write_json(METRICS_FILE, metrics)
+        if not keep_checkpoints and self.checkpoints.is_dir():
+            shutil.rmtree(self.checkpoints)

@@ -1,0 +1,141 @@
+"""``finetune(recipe)``: data -> model -> strategy -> Trainer -> evaluation -> model folder and card."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import EarlyStoppingCallback, PreTrainedModel, set_seed
+
+from ..data.prepare import PreparedData, prepare_data
+from ..evaluation.metrics import classification_report, metrics_for_trainer
+from ..models.layout import discover_layout
+from ..recipe import Recipe
+from ..strategies import create_strategy
+from ..tasks.base import get_task
+from .arguments import build_training_arguments, default_num_workers
+from .export import write_run_outputs
+from .outputs import METRICS_FILE, RunFolder
+from .trainer import TransferTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced: where it lives, its metrics and the trained model."""
+
+    output_dir: Path
+    metrics: dict[str, Any]
+    model: PreTrainedModel | None = field(default=None, repr=False)
+    trainer: TransferTrainer | None = field(default=None, repr=False)
+
+
+def evaluate_split(trainer: TransferTrainer, dataset, label_names: list[str], prefix: str) -> dict[str, Any]:
+    """Predict a whole split and return the full classification report (with the loss)."""
+    output = trainer.predict(dataset, metric_key_prefix=prefix)
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    report = classification_report(output.label_ids, np.argmax(logits, axis=-1), label_names)
+    if f"{prefix}_loss" in output.metrics:
+        report["loss"] = float(output.metrics[f"{prefix}_loss"])
+    return report
+
+
+def _task_defaults(task) -> dict[str, Any]:
+    defaults = dict(task.training_defaults)
+    if defaults.get("dataloader_num_workers") == "auto":
+        defaults["dataloader_num_workers"] = default_num_workers()
+    return defaults
+
+
+def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> TransferTrainer:
+    """Everything up to a ready ``Trainer``: model, strategy, preprocessing and arguments."""
+    task = get_task(recipe.task)
+    model, processor = task.load_model(recipe, data.label_names)
+    strategy = create_strategy(recipe.strategy.name, recipe.strategy.options, discover_layout(model))
+    strategy.prepare(model)
+    inputs = task.model_inputs(recipe, data, model, processor)
+    args = build_training_arguments(recipe.training, checkpoints, _task_defaults(task))
+    callbacks = strategy.callbacks()
+    if recipe.evaluation.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(recipe.evaluation.early_stopping_patience))
+    trainer = TransferTrainer(
+        model=model, args=args, train_dataset=inputs.train, eval_dataset=inputs.validation,
+        data_collator=inputs.collator, processing_class=processor,
+        compute_metrics=metrics_for_trainer(len(data.label_names)), callbacks=callbacks,
+        strategy=strategy, mixup=inputs.mixup)
+    trainer.test_dataset = inputs.test
+    return trainer
+
+
+def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder, resume_from: str | None):
+    trainer = build_trainer(recipe, data, folder.checkpoints)
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    metrics: dict[str, Any] = {"labels": data.label_names}
+    metrics["validation"] = evaluate_split(trainer, trainer.eval_dataset, data.label_names, "validation")
+    if trainer.test_dataset is not None:
+        metrics["test"] = evaluate_split(trainer, trainer.test_dataset, data.label_names, "test")
+    metrics["train"] = {
+        "runtime_s": round(train_output.metrics.get("train_runtime", 0.0), 2),
+        "samples_per_s": round(train_output.metrics.get("train_samples_per_second", 0.0), 2),
+        "epochs": float(trainer.state.epoch or 0), "steps": int(trainer.state.global_step),
+        "best_checkpoint_metric": trainer.state.best_metric,
+    }
+    return trainer, metrics
+
+
+def _scratch_baseline(recipe: Recipe, folder: RunFolder) -> dict[str, Any]:
+    """The same recipe from random initialisation, in ``<output>/scratch``."""
+    overrides = {"model.pretrained": False, "output.dir": str(folder.path / "scratch"),
+                 "output.push_to_hub": False, "evaluation.compare_to_scratch": False,
+                 **recipe.evaluation.scratch_overrides}
+    scratch_recipe = recipe.replace(overrides)
+    if RunFolder(scratch_recipe.output.dir).is_finished() and not recipe.output.overwrite:
+        return json.loads((Path(scratch_recipe.output.dir) / METRICS_FILE).read_text())
+    logger.info("Training the from-scratch baseline (evaluation.compare_to_scratch)")
+    return finetune(scratch_recipe, write_card=False).metrics
+
+
+def _transfer_gain(metrics: dict[str, Any], scratch: dict[str, Any]) -> dict[str, float]:
+    split = "test" if "test" in metrics and "test" in scratch else "validation"
+    return {key: round(metrics[split][key] - scratch[split][key], 6) for key in ("accuracy", "f1_macro")}
+
+
+def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
+    """Run a recipe end to end and write its model folder; resumes from the last checkpoint if any."""
+    folder = RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite)
+    seed = int(recipe.training.get("seed", 42))
+    set_seed(seed)
+    task = get_task(recipe.task)
+    data = prepare_data(recipe.data, task.input_roles, seed)
+    logger.info("Data: %s; %d labels", data.sizes(), len(data.label_names))
+    resume_from = _prepare_folder(folder, recipe)
+    trainer, metrics = _train_and_evaluate(recipe, data, folder, resume_from)
+    if recipe.evaluation.compare_to_scratch:
+        scratch = _scratch_baseline(recipe, folder)
+        metrics["scratch"] = {k: scratch[k] for k in ("validation", "test", "train") if k in scratch}
+        metrics["transfer_gain"] = _transfer_gain(metrics, scratch)
+    if trainer.is_world_process_zero():
+        write_run_outputs(trainer, recipe, data, metrics, folder, write_card=write_card)
+    trainer.accelerator.wait_for_everyone()
+    return FinetuneResult(output_dir=folder.path, metrics=metrics, model=trainer.model, trainer=trainer)
+
+
+def _prepare_folder(folder: RunFolder, recipe: Recipe) -> str | None:
+    """Rank 0 checks and prepares the folder; the others wait, then find the same checkpoint."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    resume_from = None
+    with state.main_process_first():
+        if state.is_main_process:
+            resume_from = folder.prepare(recipe.to_yaml())
+        else:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from = get_last_checkpoint(str(folder.checkpoints)) if folder.checkpoints.is_dir() else None
+    return resume_from

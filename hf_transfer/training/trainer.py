@@ -1,0 +1,50 @@
+"""``Trainer`` with the strategy's parameter groups and soft-target (mixup/cutmix) losses.
+
+Only ``create_optimizer`` and ``compute_loss`` are overridden; the loop is transformers' own.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from ..strategies import Strategy
+
+
+class TransferTrainer(Trainer):
+    def __init__(self, *args, strategy: Strategy, mixup=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.strategy = strategy
+        self.mixup = mixup
+
+    def create_optimizer(self, model=None):
+        """One parameter group per (learning rate, weight decay) pair given by the strategy.
+
+        Frozen parameters are included (they get no gradient, so no update and no optimizer state)
+        so that strategies which unfreeze during training need no new optimizer.
+        """
+        if self.optimizer is not None:
+            return self.optimizer
+        model = model if model is not None else self.model
+        base_lr, weight_decay = self.args.learning_rate, self.args.weight_decay
+        decay = set(self.get_decay_parameter_names(model))
+        rates = self.strategy.learning_rates(base_lr)
+        groups: dict[tuple[float, float], list[torch.nn.Parameter]] = defaultdict(list)
+        for name, parameter in model.named_parameters():
+            groups[(rates.get(name, base_lr), weight_decay if name in decay else 0.0)].append(parameter)
+        param_groups = [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.mixup is None or not model.training or inputs["labels"].shape[0] % 2:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        from timm.loss import SoftTargetCrossEntropy
+
+        pixels, targets = self.mixup(inputs["pixel_values"], inputs["labels"])
+        outputs = model(pixel_values=pixels)
+        loss = SoftTargetCrossEntropy()(outputs.logits, targets)
+        return (loss, outputs) if return_outputs else loss
