@@ -37,6 +37,8 @@ def _check_sample(recipe: Recipe, data) -> int:
         rows = split.select(range(min(SAMPLE_ROWS, len(split))))
         for index, row in enumerate(rows):
             for role, column in data.columns.items():
+                if role == "label":
+                    continue  # already encoded and checked against the label set by prepare_data
                 value = row[column]
                 if role == "image":
                     from .tasks.image import to_rgb

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Iterable
@@ -137,9 +138,7 @@ def apply_override(tree: dict, assignment: str) -> None:
     keys = [k for k in path.strip().split(".") if k]
     if not keys:
         raise RecipeError(f"Override '{assignment}' has no field name before '='.")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    if isinstance(value, str):
-        value = _yaml_number(value)
+    value = load_yaml(raw) if raw.strip() else None
     node = tree
     for key in keys[:-1]:
         child = node.get(key)
@@ -151,9 +150,17 @@ def apply_override(tree: dict, assignment: str) -> None:
     node[keys[-1]] = value
 
 
-def _yaml_number(text: str) -> Any:
-    """YAML 1.1 reads ``3e-5`` as a string; recipes mean the number."""
-    try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        return text
+class RecipeLoader(yaml.SafeLoader):
+    """Safe YAML loading that reads ``3e-5`` as a number: YAML 1.1 (PyYAML) needs a dot, recipes don't."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse recipe YAML (safe: no Python objects)."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .config_utils import apply_override, closest, from_dict, to_dict, unknown_key_error
+from .config_utils import apply_override, closest, from_dict, load_yaml, to_dict, unknown_key_error
 from .errors import RecipeError
 
 Task = Literal["image-classification", "text-classification"]
@@ -93,6 +93,9 @@ class DataSection:
     max_test_samples: int | None = None
     samples_per_class: int | None = None
     image_size: int | None = None
+    """Overrides the model's input size (e.g. 128 for 32x32 CIFAR on a CPU); saved into the model config."""
+    crop_pct: float | None = None
+    """Overrides the evaluation center-crop fraction; 1.0 keeps whole low-resolution images."""
     max_length: int = 128
     augmentation: AugmentationSection = field(default_factory=AugmentationSection)
 
@@ -105,6 +108,8 @@ class DataSection:
             _require(value is None or value > 0, f"'data.{name}' must be a positive integer; got {value}.")
         _require(self.image_size is None or 16 <= self.image_size <= 2048,
                  f"'data.image_size' must be between 16 and 2048 pixels; got {self.image_size}.")
+        _require(self.crop_pct is None or 0.1 <= self.crop_pct <= 1.0,
+                 f"'data.crop_pct' must be in [0.1, 1]; got {self.crop_pct}.")
         _require(8 <= self.max_length <= 8192, f"'data.max_length' must be between 8 and 8192 tokens; got {self.max_length}.")
 
 
@@ -235,7 +240,7 @@ class Recipe:
         if not path.is_file():
             raise RecipeError(f"Recipe file '{path}' does not exist.")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
             raise RecipeError(f"Recipe file '{path}' is not valid YAML: {error}") from None
         if data is None:

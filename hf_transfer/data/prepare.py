@@ -73,7 +73,7 @@ def _label_names(train: Dataset, column: str) -> list[str]:
     return [str(v) for v in sorted(values)]
 
 
-def _encode_labels(split: Dataset, split_name: str, column: str, names: list[str]) -> Dataset:
+def encode_labels(split: Dataset, split_name: str, column: str, names: list[str]) -> Dataset:
     """Turn ``column`` into the shared ``labels`` ClassLabel column; unknown labels are an error."""
     target = ClassLabel(names=names)
     feature = split.features[column]
@@ -83,9 +83,9 @@ def _encode_labels(split: Dataset, split_name: str, column: str, names: list[str
             if unknown:
                 raise DataError(f"The {split_name} split has labels that train does not: {', '.join(unknown)}.")
             mapping = {i: names.index(n) for i, n in enumerate(feature.names)}
+            split = split.cast_column(column, Value("int64"))  # the old ClassLabel would reject new ids
             split = split.map(lambda b: {column: [mapping.get(v, v) for v in b[column]]}, batched=True,
-                              input_columns=None, desc=f"Aligning {split_name} labels")
-            split = split.cast_column(column, Value("int64"))
+                              desc=f"Aligning {split_name} labels")
         elif min(split.unique(column), default=0) < 0:
             raise DataError(f"The {split_name} split has unlabelled rows (label -1); "
                             "hidden-label test sets cannot be evaluated. Use another split.")
@@ -104,6 +104,13 @@ def _encode_labels(split: Dataset, split_name: str, column: str, names: list[str
     return split.rename_column(column, LABEL) if column != LABEL else split
 
 
+def _unlabelled(split: Dataset, column: str) -> bool:
+    if column not in split.column_names:
+        return False
+    values = set(split.unique(column))
+    return values <= {-1, None}
+
+
 def _find_split(raw: DatasetDict, requested: str | None, names: tuple[str, ...], field_name: str) -> str | None:
     if requested is not None:
         if requested not in raw:
@@ -112,7 +119,7 @@ def _find_split(raw: DatasetDict, requested: str | None, names: tuple[str, ...],
     return next((n for n in names if n in raw), None)
 
 
-def _subset(split: Dataset, size: int | None, seed: int) -> Dataset:
+def subset(split: Dataset, size: int | None, seed: int) -> Dataset:
     if size is None or size >= len(split):
         return split
     return split.select(stratified_indices(list(split[LABEL]), size, seed))
@@ -149,11 +156,16 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
         if len(split) == 0:
             raise DataError(f"The {split_name} split is empty.")
         split = split.select_columns(keep)
-        return _encode_labels(split, split_name, columns["label"], names)
+        return encode_labels(split, split_name, columns["label"], names)
 
     train = clean(train, "train")
     validation_name = _find_split(raw, section.validation_split, VALIDATION_NAMES, "validation_split")
     test_name = _find_split(raw, section.test_split, TEST_NAMES, "test_split")
+    if test_name and section.test_split is None and _unlabelled(raw[test_name], columns["label"]):
+        # GLUE-style benchmarks hide test labels; their validation split is the usual test set.
+        logger.warning("Split '%s' has no labels; using '%s' as the test split and carving validation from train.",
+                       test_name, validation_name)
+        test_name, validation_name = validation_name, None
     test = clean(raw[test_name], test_name) if test_name else None
     sources["test"] = f"split '{test_name}'" if test_name else "none"
     if test is None and section.test_fraction > 0:
@@ -170,10 +182,10 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
 
     if section.samples_per_class is not None:
         train = train.select(per_class_indices(list(train[LABEL]), section.samples_per_class, seed))
-    train = _subset(train, section.max_train_samples, seed)
-    validation = _subset(validation, section.max_eval_samples, seed)
+    train = subset(train, section.max_train_samples, seed)
+    validation = subset(validation, section.max_eval_samples, seed)
     if test is not None:
-        test = _subset(test, section.max_test_samples, seed)
+        test = subset(test, section.max_test_samples, seed)
     missing = sorted(set(range(len(names))) - set(train.unique(LABEL)))
     if missing:
         logger.warning("After subsampling, train has no example of: %s", ", ".join(names[i] for i in missing))

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..data.prepare import PreparedData, _encode_labels, resolve_column
+from ..data.prepare import PreparedData, encode_labels, resolve_column, subset
 from ..data.sources import load_raw
 from ..errors import DataError, ModelError
 from ..recipe import Recipe
@@ -44,7 +44,9 @@ def evaluate_model(model_dir: str | Path, data_path: str, split: str = "test",
     columns = {k: v for k, v in columns.items() if v}
     columns["label"] = resolve_column("label", recipe.data.label_column, dataset.column_names)
     names = _model_label_names(model_dir)
-    dataset = _encode_labels(dataset.select_columns(list(columns.values())), split, columns["label"], names)
+    dataset = encode_labels(dataset.select_columns(list(columns.values())), split, columns["label"], names)
+    # The run's own test subset (same seeded stratified draw) unless data.max_test_samples is overridden.
+    dataset = subset(dataset, recipe.data.max_test_samples, int(recipe.training.get("seed", 42)))
     data = PreparedData(train=dataset.select(range(0)), validation=dataset, test=None, label_names=names,
                         columns=columns)
     model, processor = task.load_model(recipe, names)

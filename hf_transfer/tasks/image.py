@@ -67,7 +67,7 @@ def _load(source: ModelSource, recipe: Recipe, label_names: list[str]) -> PreTra
         ignore_mismatched_sizes=True, **label_maps(label_names), **common)
 
 
-def data_config(model: PreTrainedModel, image_size: int | None) -> dict[str, Any]:
+def data_config(model: PreTrainedModel, image_size: int | None = None, crop_pct: float | None = None) -> dict[str, Any]:
     """timm's preprocessing for this model (input size, mean/std, interpolation, crop)."""
     from timm.data import resolve_data_config
 
@@ -78,6 +78,8 @@ def data_config(model: PreTrainedModel, image_size: int | None) -> dict[str, Any
     if image_size is not None:
         pretrained_cfg["input_size"] = [3, image_size, image_size]
         pretrained_cfg.pop("test_input_size", None)
+    if crop_pct is not None:
+        pretrained_cfg["crop_pct"] = crop_pct
     return resolve_data_config(pretrained_cfg=pretrained_cfg, verbose=False)
 
 
@@ -109,6 +111,21 @@ def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
             "labels": torch.tensor([e[LABEL] for e in examples], dtype=torch.long)}
 
 
+def _strip_wrapper_prefix(weights: Path, prefix: str = "timm_model.") -> None:
+    """Save timm's own key names, as timm's ``save_for_hf`` does, so ``timm.create_model`` reads the file too.
+
+    ``TimmWrapper`` adds the prefix back when loading, so transformers and pipelines are unaffected.
+    """
+    from safetensors.torch import load_file, save_file
+
+    if not weights.is_file():
+        return
+    state = load_file(weights)
+    if any(key.startswith(prefix) for key in state):
+        save_file({key.removeprefix(prefix): tensor for key, tensor in state.items()}, weights,
+                  metadata={"format": "pt"})
+
+
 @register_task
 class ImageClassification:
     name: ClassVar[str] = "image-classification"
@@ -125,8 +142,9 @@ class ImageClassification:
         if getattr(model.config, "pretrained_cfg", None) is not None:
             # transformers keeps the source's label_names (e.g. 1000 ImageNet classes); the head is new.
             model.config.label_names = list(label_names)
-            config = data_config(model, recipe.data.image_size)
-            model.config.pretrained_cfg = {**model.config.pretrained_cfg, "input_size": list(config["input_size"])}
+            config = data_config(model, recipe.data.image_size, recipe.data.crop_pct)
+            model.config.pretrained_cfg = {**model.config.pretrained_cfg, "input_size": list(config["input_size"]),
+                                           "crop_pct": config["crop_pct"]}
             if hasattr(model, "timm_model"):
                 model.timm_model.pretrained_cfg = dict(model.config.pretrained_cfg)
         return model, None
@@ -150,11 +168,15 @@ class ImageClassification:
 
     def save_processor(self, processor: Any, model: PreTrainedModel, directory: Path) -> None:
         """timm models keep preprocessing in ``config.json``; add ``id2label``/``label2id`` there too."""
+        _strip_wrapper_prefix(Path(directory) / "model.safetensors")
         path = Path(directory) / "config.json"
         config = json.loads(path.read_text())
         if "label_names" in config:
             config["id2label"] = {str(i): n for i, n in enumerate(config["label_names"])}
             config["label2id"] = {n: i for i, n in enumerate(config["label_names"])}
-            if isinstance(config.get("model_args"), dict):
-                config["model_args"].pop("num_classes", None)
+            # timm reads model_args as a dict (null breaks timm.create_model); transformers passes num_classes.
+            model_args = config.pop("model_args", None) or {}
+            model_args.pop("num_classes", None)
+            if model_args:
+                config["model_args"] = model_args
             path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

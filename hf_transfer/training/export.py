@@ -32,9 +32,9 @@ def card_inputs(recipe: Recipe, data: PreparedData, metrics: dict, args, model_n
         model_name=model_name, task=recipe.task,
         base_model=recipe.model.name_or_path if recipe.model.pretrained else None,
         datasets=[recipe.data.path], label_names=data.label_names, strategy=recipe.strategy.name,
-        strategy_options=recipe.strategy.to_mapping() | {}, hyperparameters=hyperparameters,
+        strategy_options=recipe.strategy.to_mapping(), hyperparameters=hyperparameters,
         data_summary=summary, metrics=metrics, license=recipe.output.license, tags=list(recipe.output.tags),
-        recipe_yaml=recipe.to_yaml())
+        recipe_yaml=recipe.to_yaml(), repo_id=recipe.output.hub_model_id)
 
 
 def write_run_outputs(trainer, recipe: Recipe, data: PreparedData, metrics: dict, folder: RunFolder,

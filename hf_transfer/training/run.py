@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from accelerate import PartialState
 from transformers import EarlyStoppingCallback, PreTrainedModel, set_seed
 
 from ..data.prepare import PreparedData, prepare_data
@@ -58,7 +59,8 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
     model, processor = task.load_model(recipe, data.label_names)
     strategy = create_strategy(recipe.strategy.name, recipe.strategy.options, discover_layout(model))
     strategy.prepare(model)
-    inputs = task.model_inputs(recipe, data, model, processor)
+    with PartialState().main_process_first():  # rank 0 fills the datasets cache, the others reuse it
+        inputs = task.model_inputs(recipe, data, model, processor)
     args = build_training_arguments(recipe.training, checkpoints, _task_defaults(task))
     callbacks = strategy.callbacks()
     if recipe.evaluation.early_stopping_patience:
@@ -111,7 +113,8 @@ def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
     seed = int(recipe.training.get("seed", 42))
     set_seed(seed)
     task = get_task(recipe.task)
-    data = prepare_data(recipe.data, task.input_roles, seed)
+    with PartialState().main_process_first():
+        data = prepare_data(recipe.data, task.input_roles, seed)
     logger.info("Data: %s; %d labels", data.sizes(), len(data.label_names))
     resume_from = _prepare_folder(folder, recipe)
     trainer, metrics = _train_and_evaluate(recipe, data, folder, resume_from)
@@ -127,8 +130,6 @@ def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
 
 def _prepare_folder(folder: RunFolder, recipe: Recipe) -> str | None:
     """Rank 0 checks and prepares the folder; the others wait, then find the same checkpoint."""
-    from accelerate import PartialState
-
     state = PartialState()
     resume_from = None
     with state.main_process_first():

