@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "model_card.md"
+#: ``hf_transfer/model_cards`` links to the repository's ``model_cards/`` so that wheels carry the template too.
+TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "model_card.md"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HEADLINE_NAMES = {"accuracy": "accuracy", "precision_macro": "precision (macro)", "recall_macro": "recall (macro)",

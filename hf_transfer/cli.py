@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Callable
 
-from .errors import HfTransferError
+from .errors import HfTransferError, user_message
 
 EXIT_USER_ERROR = 2
 
@@ -32,8 +32,11 @@ def _load_recipe(args):
 def cmd_finetune(args) -> int:
     from .training.run import finetune
 
+    from .training.arguments import distributed_state
+
     result = finetune(_load_recipe(args))
-    _print_summary(result.metrics, result.output_dir)
+    if distributed_state().is_main_process:
+        _print_summary(result.metrics, result.output_dir)
     return 0
 
 
@@ -117,8 +120,8 @@ def run_cli(argv: list[str] | None, default: Callable | None = None) -> int:
     except HfTransferError as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        print(f"error: {user_message(error)}", file=sys.stderr)
+        return getattr(error, "exit_code", EXIT_USER_ERROR)
 
 
 def main(argv: list[str] | None = None) -> None:

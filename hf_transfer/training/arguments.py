@@ -32,6 +32,7 @@ TRANSFER_DEFAULTS: dict[str, Any] = {
     "greater_is_better": True,
     "save_total_limit": 2,
     "report_to": "none",
+    "ddp_find_unused_parameters": False,
     "seed": 42,
 }
 
@@ -73,12 +74,34 @@ def default_num_workers() -> int:
     return max(1, min(4, cores - 1)) if cores > 1 else 0
 
 
+def multi_process_cpu() -> bool:
+    """Several processes (torchrun) and no accelerator: DDP over gloo on the CPU."""
+    import torch
+
+    accelerated = torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available())
+    return not accelerated and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def distributed_state():
+    """accelerate's process state, the same one ``TrainingArguments`` will build.
+
+    accelerate starts a multi-process group on CPU only when told it runs on the CPU; without that,
+    every torchrun process believes it is the only one and all of them write the output folder.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=multi_process_cpu())
+
+
 def build_training_arguments(training: dict[str, Any], output_dir: Path, task_defaults: dict[str, Any]):
     """Merge defaults, the task's defaults and the recipe's values into ``TrainingArguments``."""
     from transformers import TrainingArguments
 
     values = {**TRANSFER_DEFAULTS, **task_defaults, **training}
     values.update(output_dir=str(output_dir), remove_unused_columns=False, push_to_hub=False)
+    if multi_process_cpu():
+        values.setdefault("use_cpu", True)
     if values.get("eval_strategy") != values.get("save_strategy") and values.get("load_best_model_at_end"):
         values["save_strategy"] = values["eval_strategy"]
     try:

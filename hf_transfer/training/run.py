@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from accelerate import PartialState
 from transformers import EarlyStoppingCallback, PreTrainedModel, set_seed
 
 from ..data.prepare import PreparedData, prepare_data
@@ -18,7 +17,7 @@ from ..models.layout import discover_layout
 from ..recipe import Recipe
 from ..strategies import create_strategy
 from ..tasks.base import get_task
-from .arguments import build_training_arguments, default_num_workers
+from .arguments import build_training_arguments, default_num_workers, distributed_state
 from .export import write_run_outputs
 from .outputs import METRICS_FILE, RunFolder
 from .trainer import TransferTrainer
@@ -59,7 +58,7 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
     model, processor = task.load_model(recipe, data.label_names)
     strategy = create_strategy(recipe.strategy.name, recipe.strategy.options, discover_layout(model))
     strategy.prepare(model)
-    with PartialState().main_process_first():  # rank 0 fills the datasets cache, the others reuse it
+    with distributed_state().main_process_first():  # rank 0 fills the datasets cache, the others reuse it
         inputs = task.model_inputs(recipe, data, model, processor)
     args = build_training_arguments(recipe.training, checkpoints, _task_defaults(task))
     callbacks = strategy.callbacks()
@@ -113,7 +112,7 @@ def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
     seed = int(recipe.training.get("seed", 42))
     set_seed(seed)
     task = get_task(recipe.task)
-    with PartialState().main_process_first():
+    with distributed_state().main_process_first():
         data = prepare_data(recipe.data, task.input_roles, seed)
     logger.info("Data: %s; %d labels", data.sizes(), len(data.label_names))
     resume_from = _prepare_folder(folder, recipe)
@@ -130,7 +129,7 @@ def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
 
 def _prepare_folder(folder: RunFolder, recipe: Recipe) -> str | None:
     """Rank 0 checks and prepares the folder; the others wait, then find the same checkpoint."""
-    state = PartialState()
+    state = distributed_state()
     resume_from = None
     with state.main_process_first():
         if state.is_main_process:

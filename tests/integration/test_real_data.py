@@ -45,11 +45,12 @@ def sst2_recipe(out: Path, strategy: str) -> Recipe:
     return Recipe.from_dict({
         "task": "text-classification",
         "model": {"name_or_path": "pypi:all-MiniLM-L6-v2"},
-        "data": {"path": str(SHARED / "data" / "sst2"), "max_length": 48, "max_train_samples": 320,
-                 "max_eval_samples": 64, "max_test_samples": 128},
+        "data": {"path": str(SHARED / "data" / "sst2"), "max_length": 48, "max_train_samples": 800,
+                 "max_eval_samples": 64, "max_test_samples": 200},
         "strategy": {"name": strategy, **STRATEGY_OPTIONS.get(strategy, {})},
         "training": {"num_train_epochs": 2, "per_device_train_batch_size": 32,
-                     "learning_rate": 1e-3 if strategy == "linear_probe" else 1e-4, "disable_tqdm": True},
+                     "train_sampling_strategy": "group_by_length",
+                     "learning_rate": 3e-3 if strategy == "linear_probe" else 2e-4, "disable_tqdm": True},
         "output": {"dir": str(out)},
     })
 

@@ -1,0 +1,68 @@
+"""Model card: Hub metadata that validates (model-index, base_model), a body with the results."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_transfer.card import CardInputs, hub_id, write_model_card
+
+
+def report(accuracy: float) -> dict:
+    return {"accuracy": accuracy, "precision_macro": 0.5, "recall_macro": 0.5, "f1_macro": accuracy - 0.01,
+            "precision_weighted": 0.5, "recall_weighted": 0.5, "f1_weighted": 0.5, "num_samples": 40,
+            "per_class": {"cat": {"precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 20},
+                          "dog": {"precision": 0.7, "recall": 0.6, "f1": 0.65, "support": 20}},
+            "confusion_matrix": [[16, 4], [8, 12]]}
+
+
+def inputs(base_model: str | None, datasets: list[str], with_scratch: bool = False) -> CardInputs:
+    metrics = {"labels": ["cat", "dog"], "validation": report(0.7), "test": report(0.75),
+               "train": {"runtime_s": 12.0, "steps": 30, "epochs": 3.0}}
+    if with_scratch:
+        metrics["scratch"] = {"test": report(0.55)}
+    return CardInputs(model_name="pets", task="image-classification", base_model=base_model, datasets=datasets,
+                      label_names=["cat", "dog"], strategy="linear_probe", strategy_options={"name": "linear_probe"},
+                      hyperparameters={"learning_rate": 0.001}, data_summary={"train": 100, "test": 40},
+                      metrics=metrics, license="apache-2.0", tags=["pets"], recipe_yaml="task: image-classification\n")
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("timm/mobilenetv2_100.ra_in1k", "timm/mobilenetv2_100.ra_in1k"),
+    ("pypi:mobilenetv2_100.tv_in1k", "timm/mobilenetv2_100.tv_in1k"),
+    ("pypi:all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+    ("./models/local", None),
+    ("mobilenetv2_100", None),
+    (None, None),
+])
+def test_hub_id_keeps_only_names_the_hub_knows(name, expected):
+    assert hub_id(name) == expected
+
+
+def test_card_metadata_and_body(tmp_path):
+    from huggingface_hub import ModelCard
+
+    path = write_model_card(inputs("pypi:mobilenetv2_100.tv_in1k", ["uoft-cs/cifar10"], with_scratch=True), tmp_path)
+    card = ModelCard.load(path)
+    data = card.data.to_dict()
+    assert data["base_model"] == "timm/mobilenetv2_100.tv_in1k"
+    assert data["datasets"] == ["uoft-cs/cifar10"]
+    assert data["pipeline_tag"] == "image-classification" and data["license"] == "apache-2.0"
+    assert "pets" in data["tags"] and "hf-transfer" in data["tags"]
+    results = data["model-index"][0]["results"][0]
+    assert results["dataset"]["type"] == "uoft-cs/cifar10" and results["dataset"]["split"] == "test"
+    assert {m["type"]: m["value"] for m in results["metrics"]}["accuracy"] == 0.75
+    body = card.text
+    assert "| accuracy | 75.00% |" in body
+    assert "| dog | 0.700 | 0.600 | 0.650 | 20 |" in body
+    assert "+20.00 pts" in body  # transfer gain over the scratch baseline
+    assert 'pipeline("image-classification"' in body
+
+
+def test_local_base_model_and_data_stay_out_of_the_metadata(tmp_path):
+    from huggingface_hub import ModelCard
+
+    local = tmp_path / "my-backbone"
+    local.mkdir()
+    data = ModelCard.load(write_model_card(inputs(str(local), [str(tmp_path / "data")]), tmp_path)).data.to_dict()
+    assert "base_model" not in data and "datasets" not in data
+    assert data["model-index"][0]["results"][0]["dataset"]["name"] == "data"
