@@ -125,7 +125,7 @@ def render_model_card(inputs: CardInputs):
     return ModelCard.from_template(
         _metadata(inputs, split, report), template_path=str(TEMPLATE),
         model_name=inputs.model_name,
-        summary=(f"A {inputs.task.replace('-', ' ')} model for {len(inputs.label_names)} classes, adapted from "
+        summary=(f"{'An' if inputs.task[0] in 'aeiou' else 'A'} {inputs.task.replace('-', ' ')} model for {len(inputs.label_names)} classes, adapted from "
                  f"{base_text} with the `{inputs.strategy}` transfer strategy of hf-transfer."),
         result_split=split, num_samples=report["num_samples"],
         headline=[(label, _percent(report[key])) for key, label in HEADLINE_NAMES.items()],

@@ -65,9 +65,12 @@ def _transformers_layout(model: nn.Module) -> ParameterLayout:
         raise ValueError(f"{type(model).__name__} has no base model under '{base_prefix}'; cannot tell backbone from head.")
     blocks = max((m for m in base.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
     block_prefix = next(f"{base_prefix}.{n}." for n, m in base.named_modules() if m is blocks) if blocks else None
+    # BERT's pooler (dense + tanh over [CLS]) is the hidden layer of its classification head, as
+    # ``classifier.dense`` is for RoBERTa; it belongs to the head so that every encoder probes alike.
+    head_prefixes = (base_prefix + ".pooler.",)
     before, per_block, after, head = [], [[] for _ in range(len(blocks or []))], [], []
     for name, _ in model.named_parameters():
-        if not name.startswith(base_prefix + "."):
+        if not name.startswith(base_prefix + ".") or name.startswith(head_prefixes):
             head.append(name)
         elif block_prefix and name.startswith(block_prefix):
             per_block[int(name[len(block_prefix):].split(".", 1)[0])].append(name)

@@ -81,7 +81,7 @@ class _UnfreezeCallback(TrainerCallback):
             self.current = wanted
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if args.world_size > 1:
+        if getattr(args, "world_size", 1) > 1:
             # DDP synchronises only the parameters that required gradients when it wrapped the model.
             raise RecipeError("'gradual_unfreeze' cannot run in several processes: parameters unfrozen later would "
                               "not be synchronised. Train on one device, or use 'layerwise_lr' or 'partial'.")

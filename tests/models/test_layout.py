@@ -63,19 +63,20 @@ def bert(tiny_bert_dir):
     return AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
 
 
-def test_bert_head_is_classifier(bert):
+def test_bert_head_is_pooler_and_classifier(bert):
+    """The pooler is BERT's head hidden layer (RoBERTa's is classifier.dense): it trains in a linear probe."""
     layout = discover_layout(bert)
-    assert sorted(layout.head) == ["classifier.bias", "classifier.weight"]
+    assert sorted(layout.head) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight", "classifier.bias",
+                                   "classifier.weight"]
 
 
-def test_bert_layers_embeddings_blocks_pooler(bert):
+def test_bert_layers_embeddings_then_blocks(bert):
     layout = discover_layout(bert)
     assert_partition(bert, layout)
-    assert layout.num_layers == 1 + bert.config.num_hidden_layers + 1
+    assert layout.num_layers == 1 + bert.config.num_hidden_layers
     assert all(name.startswith("bert.embeddings.") for name in layout.layers[0])
     for index in range(bert.config.num_hidden_layers):
         assert all(name.startswith(f"bert.encoder.layer.{index}.") for name in layout.layers[1 + index])
-    assert all(name.startswith("bert.pooler.") for name in layout.layers[-1])
 
 
 def test_model_without_base_model_is_rejected():

@@ -88,9 +88,10 @@ def test_linear_probe_turns_off_dropout_of_frozen_encoder(bert_model):
     bert_model.train()
     inputs = {"input_ids": torch.tensor([[2, 5, 6, 7, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
     bert_model(**inputs)
-    assert not bert_model.bert.training
+    assert not bert_model.bert.embeddings.training and not bert_model.bert.encoder.training
     assert bert_model.dropout.training  # the head's dropout still works
-    assert trainable(bert_model) == {"classifier.weight", "classifier.bias"}
+    assert trainable(bert_model) == {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight",
+                                     "bert.pooler.dense.bias"}
 
 
 def test_partial_freezes_exactly_the_first_layers(timm_model):
@@ -109,7 +110,7 @@ def test_partial_freezes_exactly_the_first_layers(timm_model):
 
 
 def test_partial_with_all_layers_frozen_is_allowed(bert_model):
-    strategy = make("partial", bert_model, frozen_layers=4)
+    strategy = make("partial", bert_model, frozen_layers=3)  # embeddings + 2 encoder layers
     strategy.prepare(bert_model)
     assert trainable(bert_model) == set(strategy.layout.head)
 
@@ -183,8 +184,9 @@ def test_layerwise_lr_head_lr(bert_model):
     strategy = make("layerwise_lr", bert_model, layer_decay=0.8, head_lr=5e-3)
     rates = strategy.learning_rates(1e-4)
     assert rates["classifier.weight"] == 5e-3
-    assert rates["bert.embeddings.word_embeddings.weight"] == pytest.approx(1e-4 * 0.8 ** 4)
-    assert rates["bert.pooler.dense.weight"] == pytest.approx(1e-4 * 0.8)
+    assert rates["bert.embeddings.word_embeddings.weight"] == pytest.approx(1e-4 * 0.8 ** 3)
+    assert rates["bert.encoder.layer.1.output.dense.weight"] == pytest.approx(1e-4 * 0.8)
+    assert rates["bert.pooler.dense.weight"] == 5e-3  # part of the head
 
 
 def optimizer_rates(trainer: TransferTrainer, model) -> dict[str, tuple[float, float]]:
