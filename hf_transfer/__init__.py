@@ -4,7 +4,7 @@
     result = finetune(Recipe.from_yaml("recipes/quickstart.yaml", ["training.num_train_epochs=1"]))
 """
 
-from .errors import DataError, HfTransferError, ModelError, OutputError, RecipeError
+from .errors import DataError, HfTransferError, ModelError, OutputError, RecipeError, TrainingError, TrainingInterrupted
 from .recipe import Recipe
 
 __version__ = "0.1.0"
@@ -32,4 +32,4 @@ def push(model_dir, repo_id: str, private: bool = False) -> str:
 
 
 __all__ = ["Recipe", "finetune", "evaluate", "push", "HfTransferError", "RecipeError", "DataError", "ModelError",
-           "OutputError", "__version__"]
+           "OutputError", "TrainingError", "TrainingInterrupted", "__version__"]

@@ -51,6 +51,9 @@ def _check_sample(recipe: Recipe, data) -> int:
 
 
 def check_recipe(recipe: Recipe) -> dict[str, Any]:
+    from .training.outputs import RunFolder
+
+    RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite).check(recipe.to_yaml())
     task = get_task(recipe.task)
     seed = int(recipe.training.get("seed", 42))
     data = prepare_data(recipe.data, task.input_roles, seed)

@@ -89,6 +89,8 @@ def coerce(value: Any, annotation: Any, field_path: str) -> Any:
         except (TypeError, ValueError):
             raise RecipeError(f"'{field_path}' must be a number; got {value!r}.") from None
     if annotation is str:
+        if value is None:
+            raise RecipeError(f"'{field_path}' must not be empty.")
         if isinstance(value, (dict, list)):
             raise RecipeError(f"'{field_path}' must be a string; got {value!r}.")
         return str(value)
@@ -105,7 +107,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():
-        if key not in fields:
+        if not isinstance(key, str) or key not in fields:
             raise unknown_key_error(str(key), prefix, fields)
         kwargs[key] = coerce(value, hints[key], prefix + key)
     for name, f in fields.items():
@@ -138,7 +140,11 @@ def apply_override(tree: dict, assignment: str) -> None:
     keys = [k for k in path.strip().split(".") if k]
     if not keys:
         raise RecipeError(f"Override '{assignment}' has no field name before '='.")
-    value = load_yaml(raw) if raw.strip() else None
+    try:
+        value = load_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        problem = str(error).splitlines()[0]
+        raise RecipeError(f"Override '{assignment}': the value is not valid YAML ({problem}).") from None
     node = tree
     for key in keys[:-1]:
         child = node.get(key)

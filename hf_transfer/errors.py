@@ -21,3 +21,24 @@ class ModelError(HfTransferError):
 
 class OutputError(HfTransferError):
     """The output folder holds something that must not be overwritten."""
+
+
+class TrainingError(HfTransferError):
+    """Training itself went wrong in a way the recipe can fix (e.g. the loss became NaN)."""
+
+
+class TrainingInterrupted(HfTransferError):
+    """SIGTERM/SIGINT stopped training after a checkpoint was saved; the same command resumes."""
+
+    def __init__(self, message: str, signal_number: int = 15) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
+def user_message(error: BaseException) -> str:
+    """The error's own message, without the worker traceback torch's DataLoader adds when re-raising it."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        text = last.partition(f"{type(error).__name__}: ")[2] or last
+    return text

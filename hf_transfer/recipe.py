@@ -36,6 +36,9 @@ class ModelSection:
     pretrained: bool = True
     revision: str | None = None
     trust_remote_code: bool = False
+    channels_last: bool = True
+    """Image models: NHWC memory layout for convolutions (MobileNetV2 trains ~1.5x faster on a CPU); saved
+    weights are the same. Ignored for text."""
 
     def __post_init__(self) -> None:
         _require(bool(self.name_or_path.strip()), "'model.name_or_path' must not be empty.")
@@ -97,6 +100,8 @@ class DataSection:
     crop_pct: float | None = None
     """Overrides the evaluation center-crop fraction; 1.0 keeps whole low-resolution images."""
     max_length: int = 128
+    on_bad_example: Literal["error", "skip"] = "error"
+    """``error``: stop before training and name the bad rows; ``skip``: drop them and list them in metrics.json."""
     augmentation: AugmentationSection = field(default_factory=AugmentationSection)
 
     def __post_init__(self) -> None:
@@ -202,6 +207,9 @@ class Recipe:
         from .training.arguments import validate_training_section
 
         validate_training_section(self.training)
+        _require(self.name not in ("", ".", "..") and not any(c in self.name for c in "/\\\0"),
+                 f"'name' = {self.name!r} must be a plain name (it names the default output folder runs/<name>); "
+                 "no '/', '\\' or '..'.")
         if self.output.dir is None:
             self.output.dir = str(Path("runs") / self.name)
 

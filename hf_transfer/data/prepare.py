@@ -11,6 +11,7 @@ from ..errors import DataError
 from ..recipe import DataSection
 from .sampling import per_class_indices, stratified_indices, stratified_split
 from .sources import load_raw
+from .validation import BadRow, check_rows
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class PreparedData:
     label_names: list[str]
     columns: dict[str, str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    skipped: list[BadRow] = field(default_factory=list)
+    """Rows dropped by ``data.on_bad_example: skip`` (indices into the raw splits)."""
 
     def sizes(self) -> dict[str, int]:
         sizes = {"train": len(self.train), "validation": len(self.validation)}
@@ -141,24 +144,30 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
         if column is not None:
             columns[role] = column
     columns["label"] = resolve_column("label", section.label_column, available)
-    names = _label_names(train, columns["label"])
-    if len(names) < 2:
-        raise DataError(f"The train split has a single class ({names[0]}); classification needs at least two.")
+    keep = list(dict.fromkeys(columns.values()))
+    sources: dict[str, str] = {}
+    skipped: list[BadRow] = []
 
-    keep = [c for c in columns.values()]
-    sources = {}
-
-    def clean(split: Dataset, split_name: str) -> Dataset:
+    def checked(split: Dataset, split_name: str) -> Dataset:
         missing = [c for c in keep if c not in split.column_names]
         if missing:
             raise DataError(f"The {split_name} split lacks column(s) {', '.join(missing)}. "
                             f"Columns: {', '.join(split.column_names)}.")
         if len(split) == 0:
             raise DataError(f"The {split_name} split is empty.")
-        split = split.select_columns(keep)
-        return encode_labels(split, split_name, columns["label"], names)
+        split, bad = check_rows(split.select_columns(keep), split_name, columns, section.on_bad_example)
+        skipped.extend(bad)
+        return split
 
-    train = clean(train, "train")
+    train = checked(train, "train")
+    names = _label_names(train, columns["label"])
+    if len(names) < 2:
+        raise DataError(f"The train split has a single class ({names[0]}); classification needs at least two.")
+
+    def clean(split: Dataset, split_name: str) -> Dataset:
+        return encode_labels(checked(split, split_name), split_name, columns["label"], names)
+
+    train = encode_labels(train, "train", columns["label"], names)
     validation_name = _find_split(raw, section.validation_split, VALIDATION_NAMES, "validation_split")
     test_name = _find_split(raw, section.test_split, TEST_NAMES, "test_split")
     if test_name and section.test_split is None and _unlabelled(raw[test_name], columns["label"]):
@@ -179,6 +188,9 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
         rest, held = stratified_split(list(train[LABEL]), section.validation_fraction, seed)
         train, validation = train.select(rest), train.select(held)
         sources["validation"] = f"{section.validation_fraction:.0%} of train (stratified, seed {seed})"
+        if len(validation) == 0:
+            raise DataError("No validation rows could be carved from train: every class has a single example. "
+                            "Add examples or give a validation split (data.validation_split).")
 
     if section.samples_per_class is not None:
         train = train.select(per_class_indices(list(train[LABEL]), section.samples_per_class, seed))
@@ -190,4 +202,4 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
     if missing:
         logger.warning("After subsampling, train has no example of: %s", ", ".join(names[i] for i in missing))
     return PreparedData(train=train, validation=validation, test=test, label_names=names,
-                        columns=columns, sources=sources)
+                        columns=columns, sources=sources, skipped=skipped)

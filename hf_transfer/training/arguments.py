@@ -40,6 +40,37 @@ TRANSFER_DEFAULTS: dict[str, Any] = {
 MANAGED = {"output_dir", "remove_unused_columns", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo"}
 _MUST_BE_POSITIVE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
                      "per_device_eval_batch_size", "gradient_accumulation_steps")
+#: (lowest, highest) allowed for numeric fields; values outside are typos, not experiments.
+_RANGES: dict[str, tuple[float, float]] = {
+    "learning_rate": (0, 9.99), "num_train_epochs": (0, 100_000), "per_device_train_batch_size": (1, 1 << 20),
+    "per_device_eval_batch_size": (1, 1 << 20), "gradient_accumulation_steps": (1, 1 << 16),
+    "weight_decay": (0, 10), "warmup_steps": (0, 1e9), "warmup_ratio": (0, 1), "max_grad_norm": (0, 1e9),
+    "label_smoothing_factor": (0, 1), "adam_beta1": (0, 1), "adam_beta2": (0, 1), "adam_epsilon": (0, 1),
+    "logging_steps": (0, 1e12), "eval_steps": (0, 1e12), "save_steps": (0, 1e12), "max_steps": (-1, 1e12),
+    "seed": (0, 2**32 - 1), "dataloader_num_workers": (0, 1024), "save_total_limit": (1, 1e9),
+}
+_INTEGERS = {"per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+             "max_steps", "seed", "dataloader_num_workers", "save_total_limit"}
+
+
+def _check_number(key: str, value: Any) -> None:
+    if value is None and key not in _MUST_BE_POSITIVE:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise RecipeError(f"'training.{key}' must be a number; got {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RecipeError(f"'training.{key}' must be a number; got {value!r}.") from None
+    if key in _MUST_BE_POSITIVE and not number > 0:
+        raise RecipeError(f"'training.{key}' must be > 0; got {value!r}.")
+    low, high = _RANGES[key]
+    if not low <= number <= high:  # also catches nan
+        size = "far too large" if number > high else "too small" if number < low else "not a number"
+        hint = " Typical values are 1e-5 .. 1e-2." if key == "learning_rate" else ""
+        raise RecipeError(f"'training.{key}' = {value!r} is {size}: it must be between {low:g} and {high:g}.{hint}")
+    if key in _INTEGERS and not number.is_integer():
+        raise RecipeError(f"'training.{key}' must be a whole number; got {value!r}.")
 
 
 @functools.cache
@@ -55,17 +86,10 @@ def validate_training_section(training: dict[str, Any]) -> None:
     for key, value in training.items():
         if key in MANAGED:
             raise RecipeError(f"'training.{key}' is set by hf-transfer; use the 'output' section instead.")
-        if key not in valid:
-            raise unknown_key_error(key, "training.", valid)
-        if key in _MUST_BE_POSITIVE:
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise RecipeError(f"'training.{key}' must be a number; got {value!r}.") from None
-            if not number > 0:
-                raise RecipeError(f"'training.{key}' must be > 0; got {value!r}.")
-    if float(training.get("learning_rate", 1e-4)) >= 10:
-        raise RecipeError(f"'training.learning_rate' = {training['learning_rate']} is far too large; typical values are 1e-5 .. 1e-2.")
+        if not isinstance(key, str) or key not in valid:
+            raise unknown_key_error(str(key), "training.", valid)
+        if key in _RANGES:
+            _check_number(key, value)
 
 
 def default_num_workers() -> int:
@@ -102,6 +126,10 @@ def build_training_arguments(training: dict[str, Any], output_dir: Path, task_de
     values.update(output_dir=str(output_dir), remove_unused_columns=False, push_to_hub=False)
     if multi_process_cpu():
         values.setdefault("use_cpu", True)
+    if "dataloader_pin_memory" not in training:  # pinning only pays (and only works) with a GPU
+        import torch
+
+        values["dataloader_pin_memory"] = torch.cuda.is_available()
     if values.get("eval_strategy") != values.get("save_strategy") and values.get("load_best_model_at_end"):
         values["save_strategy"] = values["eval_strategy"]
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,17 @@ import numpy as np
 from transformers import EarlyStoppingCallback, PreTrainedModel, set_seed
 
 from ..data.prepare import PreparedData, prepare_data
+from ..data.validation import skipped_report
+from ..errors import TrainingInterrupted
 from ..evaluation.metrics import classification_report, metrics_for_trainer
 from ..models.layout import discover_layout
+from ..models.sources import resolve_model_source
 from ..recipe import Recipe
 from ..strategies import create_strategy
 from ..tasks.base import get_task
 from .arguments import build_training_arguments, default_num_workers, distributed_state
 from .export import write_run_outputs
+from .guards import GracefulStop, NonFiniteLossGuard
 from .outputs import METRICS_FILE, RunFolder
 from .trainer import TransferTrainer
 
@@ -61,14 +66,15 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
     with distributed_state().main_process_first():  # rank 0 fills the datasets cache, the others reuse it
         inputs = task.model_inputs(recipe, data, model, processor)
     args = build_training_arguments(recipe.training, checkpoints, _task_defaults(task))
-    callbacks = strategy.callbacks()
+    loss_guard = NonFiniteLossGuard()
+    callbacks = [*strategy.callbacks(), loss_guard, GracefulStop()]
     if recipe.evaluation.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recipe.evaluation.early_stopping_patience))
     trainer = TransferTrainer(
         model=model, args=args, train_dataset=inputs.train, eval_dataset=inputs.validation,
         data_collator=inputs.collator, processing_class=processor,
         compute_metrics=metrics_for_trainer(len(data.label_names)), callbacks=callbacks,
-        strategy=strategy, mixup=inputs.mixup)
+        strategy=strategy, mixup=inputs.mixup, loss_guard=loss_guard)
     trainer.test_dataset = inputs.test
     return trainer
 
@@ -76,7 +82,14 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
 def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder, resume_from: str | None):
     trainer = build_trainer(recipe, data, folder.checkpoints)
     train_output = trainer.train(resume_from_checkpoint=resume_from)
+    stop = next(c for c in trainer.callback_handler.callbacks if isinstance(c, GracefulStop))
+    if stop.received is not None:
+        name = signal.Signals(stop.received).name
+        raise TrainingInterrupted(f"Training stopped by {name} at step {trainer.state.global_step}; a checkpoint is "
+                                  f"in {folder.checkpoints}. Run the same command again to resume.", stop.received)
     metrics: dict[str, Any] = {"labels": data.label_names}
+    if data.skipped:
+        metrics["skipped"] = skipped_report(data.skipped)
     metrics["validation"] = evaluate_split(trainer, trainer.eval_dataset, data.label_names, "validation")
     if trainer.test_dataset is not None:
         metrics["test"] = evaluate_split(trainer, trainer.test_dataset, data.label_names, "test")
@@ -112,6 +125,10 @@ def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
     seed = int(recipe.training.get("seed", 42))
     set_seed(seed)
     task = get_task(recipe.task)
+    # Pre-flight, cheapest first: output folder, model config, then data (rows included); nothing is written yet.
+    if distributed_state().is_main_process:
+        folder.check(recipe.to_yaml())
+    resolve_model_source(recipe.model.name_or_path, recipe.task)
     with distributed_state().main_process_first():
         data = prepare_data(recipe.data, task.input_roles, seed)
     logger.info("Data: %s; %d labels", data.sizes(), len(data.label_names))

@@ -1,6 +1,7 @@
 """``Trainer`` with the strategy's parameter groups and soft-target (mixup/cutmix) losses.
 
-Only ``create_optimizer`` and ``compute_loss`` are overridden; the loop is transformers' own.
+Only ``create_optimizer`` and ``compute_loss`` are overridden (the latter also hands each training loss
+to the non-finite-loss guard); the loop is transformers' own.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from ..strategies import Strategy
 
 
 class TransferTrainer(Trainer):
-    def __init__(self, *args, strategy: Strategy, mixup=None, **kwargs) -> None:
+    def __init__(self, *args, strategy: Strategy, mixup=None, loss_guard=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.strategy = strategy
         self.mixup = mixup
+        self.loss_guard = loss_guard
+        """A ``guards.NonFiniteLossGuard`` (also registered as a callback) that sees every training loss."""
 
     def create_optimizer(self, model=None):
         """One parameter group per (learning rate, weight decay) pair given by the strategy.
@@ -40,6 +43,12 @@ class TransferTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = self._loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.loss_guard is not None and model.training:
+            self.loss_guard.observe(result[0] if return_outputs else result)
+        return result
+
+    def _loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.mixup is None or not model.training or inputs["labels"].shape[0] % 2:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         from timm.loss import SoftTargetCrossEntropy

@@ -1,0 +1,168 @@
+"""Row-level checks before training: every bad row is named (split, row, file) or, with
+``data.on_bad_example: skip``, dropped and recorded for ``metrics.json``.
+
+Text and label checks run over every row with Arrow kernels in batched ``Dataset.map`` calls (fast even
+for millions of rows). Decoding images is the expensive part: ``skip`` decodes all of them (it must know
+which to drop); ``error`` decodes a sample before training and names any later bad file when it is loaded
+(``tasks.image.ImageBatchTransform``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import ClassLabel, Dataset, Image, Value
+
+from ..errors import DataError
+
+SAMPLE_IMAGES = 64
+"""Images decoded per split before training when ``on_bad_example`` is ``error``."""
+MAX_RECORDED = 10_000
+"""Skipped rows listed one by one in ``metrics.json``; beyond this only the count grows."""
+SHOWN = 5
+"""Bad rows quoted in an error message."""
+
+TEXT_TYPES = (pa.string(), pa.large_string())
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One row that cannot be trained on: where it is and why."""
+
+    split: str
+    index: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"row {self.index} ({self.reason})"
+
+
+def image_problem(value: dict[str, Any] | None) -> str | None:
+    """Why an undecoded ``datasets.Image`` value cannot be used, or None when it decodes."""
+    if value is None or (value.get("bytes") is None and value.get("path") is None):
+        return "no image"
+    where = value.get("path") or "embedded image"
+    try:
+        Image().decode_example(value)  # opens and fully loads, as training will
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... for bad files
+        detail = str(error).replace(f" '{where}'", "").strip() or type(error).__name__
+        return f"{where}: not a readable image ({detail})"
+    return None
+
+
+def _missing_labels(labels: pa.Array, feature: Any) -> pa.Array:
+    missing = pc.is_null(labels)
+    if isinstance(feature, ClassLabel):
+        return pc.or_kleene(missing, pc.less(labels, 0)).fill_null(True)
+    if pa.types.is_floating(labels.type):
+        return pc.or_kleene(missing, pc.is_nan(labels)).fill_null(True)
+    if pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type):
+        return pc.or_kleene(missing, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(labels)), 0)).fill_null(True)
+    return missing
+
+
+def _row_problems(table: pa.Table, indices: list[int], text_columns: list[str], label_column: str,
+                  label_feature: Any) -> dict[str, list]:
+    """Batched ``map`` function (Arrow format): returns only the bad rows, as (index, reason)."""
+    reasons: dict[int, str] = {}
+    for column in text_columns:
+        values = table.column(column).combine_chunks()
+        empty = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0))
+        for position in pc.indices_nonzero(empty.fill_null(True)).to_pylist():
+            reasons.setdefault(position, f"column '{column}' is empty or whitespace")
+    missing = _missing_labels(table.column(label_column).combine_chunks(), label_feature)
+    for position in pc.indices_nonzero(missing).to_pylist():
+        reasons.setdefault(position, f"label in column '{label_column}' is missing")
+    ordered = sorted(reasons)
+    return {"index": [indices[p] for p in ordered], "reason": [reasons[p] for p in ordered]}
+
+
+def _image_problems(batch: dict[str, list], indices: list[int], column: str) -> dict[str, list]:
+    found = [(i, image_problem(v)) for i, v in zip(indices, batch[column])]
+    return {"index": [i for i, r in found if r], "reason": [r for _, r in found if r]}
+
+
+def _scan(split: Dataset, function, fn_kwargs: dict, arrow: bool) -> list[tuple[int, str]]:
+    source = split.with_format("arrow") if arrow else split
+    found = source.map(function, batched=True, batch_size=10_000 if arrow else 256, with_indices=True,
+                       fn_kwargs=fn_kwargs,
+                       remove_columns=split.column_names, keep_in_memory=True,
+                       desc=None if arrow else "Checking images")
+    if not len(found):
+        return []
+    found = found.with_format(None)
+    return list(zip(found["index"], found["reason"]))
+
+
+def _check_column_types(split: Dataset, split_name: str, columns: dict[str, str]) -> None:
+    for role, column in columns.items():
+        feature = split.features[column]
+        if role in ("text", "text_pair") and not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+            raise DataError(f"The {split_name} split: '{column}' is the {role} column but holds {feature}, not text. "
+                            f"Set 'data.{role}_column' to a text column. Columns: {', '.join(split.column_names)}.")
+        if role == "image" and not isinstance(feature, Image):
+            raise DataError(f"The {split_name} split: '{column}' is the image column but holds {feature}, not images. "
+                            f"Set 'data.image_column'. Columns: {', '.join(split.column_names)}.")
+
+
+def _integer_labels(split: Dataset, split_name: str, column: str) -> Dataset:
+    """CSV columns of integers with gaps load as floats; once gaps are gone they are integers again."""
+    feature = split.features[column]
+    if not (isinstance(feature, Value) and feature.dtype.startswith("float")):
+        return split
+    fractional = [v for v in split.unique(column) if not float(v).is_integer()]
+    if fractional:
+        raise DataError(f"The {split_name} split: labels in column '{column}' must be class names or integers; "
+                        f"got {fractional[0]!r}. Regression targets are not supported.")
+    return split.cast_column(column, Value("int64"))
+
+
+def check_rows(split: Dataset, split_name: str, columns: dict[str, str], on_bad_example: str,
+               image_sample: int | None = None) -> tuple[Dataset, list[BadRow]]:
+    """Return ``split`` without its bad rows (``skip``) or raise a DataError naming them (``error``).
+
+    ``columns`` maps roles (image, text, text_pair, label) to column names; ``split`` holds only them.
+    """
+    _check_column_types(split, split_name, columns)
+    label = columns["label"]
+    text_columns = [c for role, c in columns.items() if role in ("text", "text_pair")]
+    found = _scan(split, _row_problems, {"text_columns": text_columns, "label_column": label,
+                                             "label_feature": split.features[label]}, arrow=True)
+    if len(found) == len(split) and all(r.startswith("label") for _, r in found):
+        raise DataError(f"The {split_name} split has only unlabelled rows (label missing or -1, as in hidden-label "
+                        "test sets); it cannot be trained or evaluated on. Use another split "
+                        "(data.test_split / data.validation_split).")
+    if "image" in columns:
+        image = columns["image"]
+        undecoded = split.select_columns([image]).cast_column(image, Image(decode=False))
+        sample = SAMPLE_IMAGES if image_sample is None else image_sample
+        limit = len(split) if on_bad_example == "skip" else min(sample, len(split))
+        checked = undecoded.select(range(limit)) if limit < len(split) else undecoded
+        seen = {i for i, _ in found}
+        found += [(i, r) for i, r in _scan(checked, _image_problems, {"column": image}, arrow=False)
+                  if i not in seen]
+    bad = [BadRow(split_name, int(i), str(r)) for i, r in sorted(found)]
+    if bad and on_bad_example == "error":
+        shown = "; ".join(b.describe() for b in bad[:SHOWN]) + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
+        raise DataError(f"The {split_name} split has {len(bad)} bad row(s): {shown}. Fix or remove them, "
+                        "or set data.on_bad_example=skip to drop them (they are then listed in metrics.json).")
+    if bad:
+        dropped = {b.index for b in bad}
+        split = split.select(np.setdiff1d(np.arange(len(split)), np.fromiter(dropped, dtype=np.int64)))
+        if len(split) == 0:
+            raise DataError(f"Every row of the {split_name} split is bad (e.g. {bad[0].describe()}); nothing is left "
+                            "to train or evaluate on.")
+    return _integer_labels(split, split_name, label), bad
+
+
+def skipped_report(bad: list[BadRow]) -> dict[str, Any]:
+    """The ``skipped`` entry of ``metrics.json``: how many rows were dropped, and which."""
+    by_split: dict[str, int] = {}
+    for row in bad:
+        by_split[row.split] = by_split.get(row.split, 0) + 1
+    return {"count": len(bad), "by_split": by_split, "rows": [asdict(row) for row in bad[:MAX_RECORDED]],
+            "rows_truncated": len(bad) > MAX_RECORDED}
