@@ -72,6 +72,28 @@ def cmd_push(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from .bench import SCENARIOS, BenchSettings, run_benchmarks
+    from .errors import RecipeError
+
+    unknown = sorted(set(args.scenarios) - set(SCENARIOS))
+    if unknown:
+        raise RecipeError(f"Unknown scenario(s) {', '.join(unknown)}. Available: {', '.join(SCENARIOS)}.")
+    shared = Path(args.shared)
+    if not (shared / "data").is_dir():
+        raise RecipeError(f"'{shared}' holds no data/ folder; pass --shared pointing at the benchmark data and models.")
+    settings = BenchSettings.quick(shared) if args.quick else BenchSettings(shared=shared)
+    report = run_benchmarks(args.scenarios or list(SCENARIOS), settings, Path(args.output))
+    for row in report["scenarios"]:
+        rates = ", ".join(f"{k} {v:.1f}" for k, v in row["samples_per_s"].items())
+        print(f"{row['name']:<20} {row['measures']} samples/s: {rates}; vs raw {row['ratio_vs_raw']:.2f}, "
+              f"vs naive {row['ratio_vs_naive']:.2f}")
+    print(f"Wrote {args.output}")
+    return 0
+
+
 def _print_summary(metrics: dict, output_dir) -> None:
     def line(name: str, report: dict | None) -> None:
         if report:
@@ -103,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="write the JSON report here")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     evaluate.set_defaults(run=cmd_evaluate)
+    bench = commands.add_parser("bench", help="throughput and memory against a raw loop and a naive Trainer")
+    bench.add_argument("--quick", action="store_true", help="few steps, one repeat (a smoke run of ~3 minutes)")
+    bench.add_argument("--output", default="bench.json", help="where the JSON report goes")
+    bench.add_argument("--scenarios", nargs="*", default=[], help="names to run (default: all)")
+    bench.add_argument("--shared", default="../shared", help="folder with data/ and models/ for the benchmarks")
+    bench.set_defaults(run=cmd_bench)
     push = commands.add_parser("push", help="upload a finished model folder to the Hub")
     push.add_argument("model_dir")
     push.add_argument("repo_id")
