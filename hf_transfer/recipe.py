@@ -158,6 +158,10 @@ class EvaluationSection:
     """Dotted recipe fields changed for the scratch run only, e.g. ``{training.learning_rate: 1e-3}``."""
     early_stopping_patience: int | None = None
     """Stop after this many evaluations without improvement of ``training.metric_for_best_model``."""
+    on_nonfinite_loss: Literal["stop", "skip"] = "stop"
+    """A NaN/inf training loss stops the run (``stop``), or its optimizer step is dropped and counted in
+    ``metrics.json`` (``skip``; still stops after 10 in a row). Lives here, next to early stopping, because
+    ``training`` holds only ``TrainingArguments`` fields."""
 
     def __post_init__(self) -> None:
         _require(self.early_stopping_patience is None or self.early_stopping_patience > 0,

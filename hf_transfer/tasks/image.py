@@ -66,7 +66,7 @@ def _load(source: ModelSource, recipe: Recipe, label_names: list[str]) -> PreTra
         return AutoModelForImageClassification.from_config(config, **common)
     return AutoModelForImageClassification.from_pretrained(
         location, revision=model_section.revision, num_labels=len(label_names),
-        ignore_mismatched_sizes=True, **label_maps(label_names), **common)
+        ignore_mismatched_sizes=True, use_safetensors=True, **label_maps(label_names), **common)
 
 
 def data_config(model: PreTrainedModel, image_size: int | None = None, crop_pct: float | None = None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ class TextClassification:
             tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
             if section.pretrained:
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    source.location, ignore_mismatched_sizes=True, **labels, **common)
+                    source.location, ignore_mismatched_sizes=True, use_safetensors=True, **labels, **common)
             else:
                 config = AutoConfig.from_pretrained(source.location, **labels, **common)
                 model = AutoModelForSequenceClassification.from_config(

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
-
 from ..errors import TrainingError
+from .checkpoints import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +26,29 @@ class NonFiniteLossGuard(TrainerCallback):
     The Trainer's ``logging_nan_inf_filter`` replaces such losses in the logs by the running mean, so a
     diverged run would otherwise train on and save garbage. ``TransferTrainer.compute_loss`` passes every
     training loss to :meth:`observe`, before backward, so no NaN gradient reaches the weights.
+
+    With ``on_nonfinite="skip"`` (``evaluation.on_nonfinite_loss``) a step whose loss or gradients are not
+    finite drops its gradients before the optimizer step, as fp16 loss scaling does: no weight, momentum or
+    weight-decay update; the LR schedule still advances. The steps are listed in ``skipped_steps``. After
+    ``MAX_CONSECUTIVE_SKIPS`` in a row the model has diverged and the run stops as in ``stop`` mode.
+    The decision reads the gradients after DDP's all-reduce, so every process skips the same steps.
     """
 
-    def __init__(self) -> None:
+    MAX_CONSECUTIVE_SKIPS = 10
+
+    def __init__(self, on_nonfinite: str = "stop") -> None:
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'skip', not {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
         self.state = None
         self.last_checkpoint: str | None = None
+        self.skipped_steps: list[int] = []
+        self._bad_loss = False
+        self._in_a_row = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.state = state
-        if Path(args.output_dir).is_dir():
-            self.last_checkpoint = get_last_checkpoint(args.output_dir)
+        self.last_checkpoint = last_complete_checkpoint(Path(args.output_dir))
 
     def on_save(self, args, state, control, **kwargs):
         self.last_checkpoint = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
@@ -44,16 +56,40 @@ class NonFiniteLossGuard(TrainerCallback):
     def observe(self, loss: torch.Tensor) -> None:
         if bool(torch.isfinite(loss.detach()).all()):
             return
-        value = float(loss.detach().float().mean())
+        if self.on_nonfinite == "skip":
+            self._bad_loss = True
+            return
+        self._stop(float(loss.detach().float().mean()))
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.on_nonfinite != "skip" or model is None:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        bad = self._bad_loss or not all(bool(torch.isfinite(g).all()) for g in grads)
+        self._bad_loss = False
+        if not bad:
+            self._in_a_row = 0
+            return
+        for parameter in model.parameters():
+            parameter.grad = None  # torch optimizers skip parameters without a gradient
+        step = state.global_step + 1
+        self.skipped_steps.append(step)
+        self._in_a_row += 1
+        logger.warning("Non-finite loss or gradient at step %d: skipped that optimizer step "
+                       "(evaluation.on_nonfinite_loss=skip; %d skipped so far).", step, len(self.skipped_steps))
+        if self._in_a_row >= self.MAX_CONSECUTIVE_SKIPS:
+            self._stop(float("nan"), f" after {self._in_a_row} skipped steps in a row")
+
+    def _stop(self, value: float, why: str = "") -> None:
         state = self.state
         step = state.global_step + 1 if state is not None else "?"
         epoch = f" (epoch {state.epoch:.2f})" if state is not None and state.epoch is not None else ""
         kept = (f"The last good checkpoint, {self.last_checkpoint}, is kept; the same command resumes from it"
                 if self.last_checkpoint else "No checkpoint had been saved yet")
         raise TrainingError(
-            f"The training loss became {'nan' if math.isnan(value) else value} at step {step}{epoch}; training "
-            f"stopped. {kept}. Lower training.learning_rate, set training.max_grad_norm (e.g. 1.0), or look for "
-            "extreme values in the data.")
+            f"The training loss became {'nan' if math.isnan(value) else value} at step {step}{epoch}{why}; "
+            f"training stopped. {kept}. Lower training.learning_rate, set training.max_grad_norm (e.g. 1.0), "
+            "or look for extreme values in the data.")
 
 
 class GracefulStop(TrainerCallback):

@@ -97,8 +97,8 @@ class RunFolder:
             raise OutputError(f"'{self.checkpoints}' is a symbolic link; hf-transfer writes only inside output.dir.")
 
     def prepare(self, recipe_yaml: str) -> str | None:
-        """Check the folder may be used, write the resolved recipe, return a checkpoint to resume from."""
-        from transformers.trainer_utils import get_last_checkpoint
+        """Check the folder may be used, write the resolved recipe, return a complete checkpoint to resume from."""
+        from .checkpoints import last_complete_checkpoint
 
         self.check(recipe_yaml)
         if self.path.is_dir() and any(self.path.iterdir()):
@@ -107,12 +107,10 @@ class RunFolder:
                 shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path / RECIPE_FILE, recipe_yaml)
-        if self.checkpoints.is_dir():
-            last = get_last_checkpoint(str(self.checkpoints))
-            if last:
-                logger.info("Resuming from %s", last)
-            return last
-        return None
+        last = last_complete_checkpoint(self.checkpoints, remove_bad=True)
+        if last:
+            logger.info("Resuming from %s", last)
+        return last
 
     def file(self, name: str) -> Path:
         """``output.dir / name``, refusing names that would land outside the run folder."""

@@ -22,6 +22,7 @@ from ..recipe import Recipe
 from ..strategies import create_strategy
 from ..tasks.base import get_task
 from .arguments import build_training_arguments, default_num_workers, distributed_state
+from .checkpoints import CheckpointManifest, last_complete_checkpoint
 from .export import write_run_outputs
 from .guards import GracefulStop, NonFiniteLossGuard
 from .outputs import METRICS_FILE, RunFolder
@@ -66,8 +67,8 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
     with distributed_state().main_process_first():  # rank 0 fills the datasets cache, the others reuse it
         inputs = task.model_inputs(recipe, data, model, processor)
     args = build_training_arguments(recipe.training, checkpoints, _task_defaults(task))
-    loss_guard = NonFiniteLossGuard()
-    callbacks = [*strategy.callbacks(), loss_guard, GracefulStop()]
+    loss_guard = NonFiniteLossGuard(on_nonfinite=recipe.evaluation.on_nonfinite_loss)
+    callbacks = [*strategy.callbacks(), loss_guard, GracefulStop(), CheckpointManifest()]
     if recipe.evaluation.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recipe.evaluation.early_stopping_patience))
     trainer = TransferTrainer(
@@ -99,6 +100,8 @@ def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder, r
         "epochs": float(trainer.state.epoch or 0), "steps": int(trainer.state.global_step),
         "best_checkpoint_metric": trainer.state.best_metric,
     }
+    if trainer.loss_guard.skipped_steps:  # evaluation.on_nonfinite_loss: skip
+        metrics["train"]["skipped_nonfinite_steps"] = list(trainer.loss_guard.skipped_steps)
     return trainer, metrics
 
 
@@ -152,7 +155,5 @@ def _prepare_folder(folder: RunFolder, recipe: Recipe) -> str | None:
         if state.is_main_process:
             resume_from = folder.prepare(recipe.to_yaml())
         else:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            resume_from = get_last_checkpoint(str(folder.checkpoints)) if folder.checkpoints.is_dir() else None
+            resume_from = last_complete_checkpoint(folder.checkpoints)
     return resume_from

@@ -163,3 +163,67 @@ def test_recipe_name_cannot_move_the_default_output_dir():
     with pytest.raises(RecipeError, match="plain name"):
         Recipe.from_dict({**base, "name": "../../etc"})
     assert Recipe.from_dict({**base, "name": "my run"}).output_dir == Path("runs") / "my run"
+
+
+def test_skip_mode_drops_the_non_finite_steps_counts_them_and_finishes(tiny_bert_dir, text_csv_data, tmp_path,
+                                                                      monkeypatch):
+    import hf_transfer.training.run as run
+
+    original = run.build_trainer
+
+    def poisoned(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+
+        def nan_at_steps_3_and_5(module, inputs, output):
+            if module.training and trainer.state.global_step in (2, 4):
+                output.loss = output.loss * float("nan")
+            return output
+
+        trainer.model.register_forward_hook(nan_at_steps_3_and_5)
+        return trainer
+
+    monkeypatch.setattr(run, "build_trainer", poisoned)
+    out = tmp_path / "run"
+    recipe = text_recipe(tiny_bert_dir, text_csv_data, out)
+    recipe["evaluation"] = {"on_nonfinite_loss": "skip"}
+    result = finetune(Recipe.from_dict(recipe))
+    assert result.metrics["train"]["skipped_nonfinite_steps"] == [3, 5]
+    assert result.metrics["train"]["steps"] == 18
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t).all() for t in load_file(out / "model.safetensors").values()
+               if t.dtype.is_floating_point)
+
+
+def test_skip_mode_drops_gradients_only_of_bad_steps_and_stops_after_too_many_in_a_row():
+    model = torch.nn.Linear(2, 1)
+    guard = NonFiniteLossGuard(on_nonfinite="skip")
+    state = TrainerState()
+    guard.state = state
+    for step in range(NonFiniteLossGuard.MAX_CONSECUTIVE_SKIPS + 1):
+        model.weight.grad, model.bias.grad = torch.ones(1, 2), torch.ones(1)
+        guard.on_pre_optimizer_step(None, state, TrainerControl(), model=model)
+        assert model.weight.grad is not None  # finite step: untouched, and the run of skips starts again
+        state.global_step += 1
+        model.weight.grad = torch.tensor([[1.0, float("inf")]])
+        if step < NonFiniteLossGuard.MAX_CONSECUTIVE_SKIPS - 1:
+            guard.on_pre_optimizer_step(None, state, TrainerControl(), model=model)
+            assert model.weight.grad is None and model.bias.grad is None
+            state.global_step += 1
+    assert len(guard.skipped_steps) == NonFiniteLossGuard.MAX_CONSECUTIVE_SKIPS - 1
+    guard.observe(torch.tensor(float("nan")))  # skip mode: no error, the next optimizer step is dropped
+    for _ in range(NonFiniteLossGuard.MAX_CONSECUTIVE_SKIPS - 1):
+        model.weight.grad = torch.ones(1, 2)
+        guard.on_pre_optimizer_step(None, state, TrainerControl(), model=model)
+        guard.observe(torch.tensor(float("nan")))
+    with pytest.raises(TrainingError, match="10 skipped steps in a row"):
+        guard.on_pre_optimizer_step(None, state, TrainerControl(), model=model)
+
+
+def test_on_nonfinite_loss_accepts_only_stop_or_skip(tiny_bert_dir, text_csv_data, tmp_path):
+    from hf_transfer.errors import RecipeError
+
+    recipe = text_recipe(tiny_bert_dir, text_csv_data, tmp_path / "run")
+    recipe["evaluation"] = {"on_nonfinite_loss": "ignore"}
+    with pytest.raises(RecipeError, match="on_nonfinite_loss"):
+        Recipe.from_dict(recipe)

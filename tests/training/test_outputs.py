@@ -64,14 +64,18 @@ def test_output_path_that_is_a_file_is_refused(tmp_path):
         RunFolder(path).prepare(RECIPE_YAML)
 
 
-def test_unfinished_run_resumes_from_last_checkpoint(tmp_path):
+def test_unfinished_run_resumes_from_last_complete_checkpoint(tmp_path):
+    from test_checkpoints import fake_checkpoint
+
     folder = RunFolder(tmp_path / "run")
     for step in (5, 10):
-        (folder.checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        fake_checkpoint(folder.checkpoints, step)
+    (folder.checkpoints / "checkpoint-15").mkdir()  # a save that never finished
     (folder.path / RECIPE_FILE).write_text("old recipe\n")
     last = folder.prepare(RECIPE_YAML)
     assert last is not None
     assert Path(last) == folder.checkpoints / "checkpoint-10"  # numeric, not lexicographic order
+    assert not (folder.checkpoints / "checkpoint-15").exists()
     assert (folder.path / RECIPE_FILE).read_text() == RECIPE_YAML
 
 
