@@ -1,6 +1,6 @@
 """A recipe: everything one transfer run needs, as dataclasses that mirror the YAML file.
 
-Sections: ``task``, ``model``, ``data``, ``strategy``, ``training`` (passed to
+Sections: ``task``, ``model``, ``data``, ``strategy``, ``method`` (optional), ``training`` (passed to
 ``transformers.TrainingArguments`` unchanged), ``evaluation`` and ``output``. Everything is
 validated here, before any model or data is loaded.
 """
@@ -149,6 +149,37 @@ class StrategySection:
 
 
 @dataclass
+class MethodSection:
+    """What extra the run learns from (a registered transfer method and its options); none by default."""
+
+    name: str | None = None
+    options: Any = None
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> "MethodSection":
+        from .methods import METHODS, get_method
+
+        if data is None:
+            return cls()
+        if isinstance(data, str):
+            data = {"name": data}
+        if not isinstance(data, dict):
+            raise RecipeError(f"'method' must be a mapping like {{name: l2sp, alpha: 0.1}}; got {data!r}.")
+        data = dict(data)
+        if data.get("name") is None:
+            raise RecipeError(f"'method.name' is missing. Available: {', '.join(sorted(METHODS))}.")
+        name = str(data.pop("name"))
+        if name not in METHODS:
+            hint = closest(name, METHODS)
+            raise RecipeError(f"Unknown method '{name}'." + (f" Did you mean '{hint}'?" if hint else "")
+                              + f" Available: {', '.join(sorted(METHODS))}.")
+        return cls(name=name, options=from_dict(get_method(name).Options, data, "method."))
+
+    def to_mapping(self) -> dict[str, Any] | None:
+        return None if self.name is None else {"name": self.name, **to_dict(self.options)}
+
+
+@dataclass
 class EvaluationSection:
     """What is measured after training."""
 
@@ -187,7 +218,7 @@ class OutputSection:
                  "'output.push_to_hub' is true but 'output.hub_model_id' is empty: set it to 'user/model-name'.")
 
 
-SECTIONS = {"task", "name", "model", "data", "strategy", "training", "evaluation", "output"}
+SECTIONS = {"task", "name", "model", "data", "strategy", "method", "training", "evaluation", "output"}
 
 
 @dataclass
@@ -202,6 +233,7 @@ class Recipe:
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     output: OutputSection = field(default_factory=OutputSection)
     name: str = "run"
+    method: MethodSection = field(default_factory=MethodSection)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -216,6 +248,12 @@ class Recipe:
                  "no '/', '\\' or '..'.")
         if self.output.dir is None:
             self.output.dir = str(Path("runs") / self.name)
+        if self.method.name is not None:
+            from .methods import get_method
+
+            _require(get_method(self.method.name).supports_mixup or not self.data.augmentation.mixes,
+                     f"'method' = {self.method.name} does not combine with mixup/cutmix "
+                     "(data.augmentation.mixup_alpha, cutmix_alpha): set them to 0.")
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -240,6 +278,7 @@ class Recipe:
             model=from_dict(ModelSection, data["model"], "model."),
             data=from_dict(DataSection, data["data"], "data."),
             strategy=StrategySection.from_mapping(data.get("strategy")),
+            method=MethodSection.from_mapping(data.get("method")),
             training=dict(training),
             evaluation=from_dict(EvaluationSection, data.get("evaluation"), "evaluation."),
             output=from_dict(OutputSection, data.get("output"), "output."),
@@ -273,6 +312,7 @@ class Recipe:
             "model": to_dict(self.model),
             "data": to_dict(self.data),
             "strategy": self.strategy.to_mapping(),
+            "method": self.method.to_mapping(),
             "training": to_dict(self.training),
             "evaluation": to_dict(self.evaluation),
             "output": to_dict(self.output),
@@ -293,5 +333,5 @@ class Recipe:
         return Path(self.output.dir)
 
 
-__all__ = ["Recipe", "ModelSection", "DataSection", "AugmentationSection", "StrategySection",
+__all__ = ["Recipe", "ModelSection", "DataSection", "AugmentationSection", "StrategySection", "MethodSection",
            "EvaluationSection", "OutputSection", "TASKS"]

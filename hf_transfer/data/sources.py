@@ -27,7 +27,7 @@ def register_source(name: str):
 
 
 @register_source("sklearn:digits")
-def sklearn_digits(_: DataSection) -> DatasetDict:
+def sklearn_digits(_: DataSection, inverted: bool = False) -> DatasetDict:
     """1,797 real 8x8 handwritten digits (UCI), with a fixed stratified 80/20 train/test split."""
     import numpy as np
     from PIL import Image as PILImage
@@ -36,6 +36,8 @@ def sklearn_digits(_: DataSection) -> DatasetDict:
 
     digits = load_digits()
     pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    if inverted:
+        pixels = 255 - pixels
     images = [PILImage.fromarray(p, mode="L") for p in pixels]
     labels = digits.target.tolist()
     features = Features({"image": Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
@@ -46,6 +48,13 @@ def sklearn_digits(_: DataSection) -> DatasetDict:
                                  features=features)
 
     return DatasetDict(train=subset(train_idx), test=subset(test_idx))
+
+
+@register_source("sklearn:digits-inverted")
+def sklearn_digits_inverted(section: DataSection) -> DatasetDict:
+    """The same digits and split as ``sklearn:digits``, dark strokes on white: a deterministic domain shift
+    (a target domain for domain adaptation, e.g. ``recipes/dann-digits.yaml``)."""
+    return sklearn_digits(section, inverted=True)
 
 
 def load_raw(section: DataSection) -> DatasetDict:

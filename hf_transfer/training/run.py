@@ -16,6 +16,7 @@ from ..data.prepare import PreparedData, prepare_data
 from ..data.validation import skipped_report
 from ..errors import TrainingInterrupted
 from ..evaluation.metrics import classification_report, metrics_for_trainer
+from ..methods import create_method
 from ..models.layout import discover_layout
 from ..models.sources import resolve_model_source
 from ..recipe import Recipe
@@ -68,15 +69,19 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
         inputs = task.model_inputs(recipe, data, model, processor)
     args = build_training_arguments(recipe.training, checkpoints, _task_defaults(task))
     loss_guard = NonFiniteLossGuard(on_nonfinite=recipe.evaluation.on_nonfinite_loss)
-    callbacks = [*strategy.callbacks(), loss_guard, GracefulStop(), CheckpointManifest()]
+    method = create_method(recipe.method.name, recipe.method.options) if recipe.method.name else None
+    callbacks = [*strategy.callbacks(), *(method.callbacks() if method else []), loss_guard, GracefulStop(),
+                 CheckpointManifest()]
     if recipe.evaluation.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recipe.evaluation.early_stopping_patience))
     trainer = TransferTrainer(
         model=model, args=args, train_dataset=inputs.train, eval_dataset=inputs.validation,
         data_collator=inputs.collator, processing_class=processor,
         compute_metrics=metrics_for_trainer(len(data.label_names)), callbacks=callbacks,
-        strategy=strategy, mixup=inputs.mixup, loss_guard=loss_guard)
+        strategy=strategy, mixup=inputs.mixup, loss_guard=loss_guard, method=method)
     trainer.test_dataset = inputs.test
+    if method is not None:
+        method.setup(recipe, data, trainer)
     return trainer
 
 
@@ -94,6 +99,8 @@ def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder, r
     metrics["validation"] = evaluate_split(trainer, trainer.eval_dataset, data.label_names, "validation")
     if trainer.test_dataset is not None:
         metrics["test"] = evaluate_split(trainer, trainer.test_dataset, data.label_names, "test")
+    if trainer.method is not None:
+        metrics.update(trainer.method.extra_metrics(trainer, data.label_names))
     metrics["train"] = {
         "runtime_s": round(train_output.metrics.get("train_runtime", 0.0), 2),
         "samples_per_s": round(train_output.metrics.get("train_samples_per_second", 0.0), 2),

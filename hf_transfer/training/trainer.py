@@ -1,7 +1,8 @@
-"""``Trainer`` with the strategy's parameter groups and soft-target (mixup/cutmix) losses.
+"""``Trainer`` with the strategy's parameter groups, soft-target (mixup/cutmix) losses and method loss terms.
 
-Only ``create_optimizer`` and ``compute_loss`` are overridden (the latter also hands each training loss
-to the non-finite-loss guard); the loop is transformers' own.
+Only ``create_optimizer``, ``compute_loss`` (which also hands each training loss to the non-finite-loss
+guard and adds the transfer method's terms) and ``log`` (per-term losses) are overridden; the loop is
+transformers' own.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ from collections import defaultdict
 import torch
 from transformers import Trainer
 
+from ..methods import Method
 from ..strategies import Strategy
 
 
 class TransferTrainer(Trainer):
-    def __init__(self, *args, strategy: Strategy, mixup=None, loss_guard=None, **kwargs) -> None:
+    def __init__(self, *args, strategy: Strategy, mixup=None, loss_guard=None, method: Method | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.strategy = strategy
+        self.method = method
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_count = 0
         self.mixup = mixup
         self.loss_guard = loss_guard
         """A ``guards.NonFiniteLossGuard`` (also registered as a callback) that sees every training loss."""
@@ -38,15 +44,37 @@ class TransferTrainer(Trainer):
         for name, parameter in model.named_parameters():
             groups[(rates.get(name, base_lr), weight_decay if name in decay else 0.0)].append(parameter)
         param_groups = [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
+        if self.method is not None:
+            param_groups += self.method.parameter_groups(base_lr, weight_decay)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = self._loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.method is not None and model.training:
+            result = self._method_loss(model, inputs, return_outputs, num_items_in_batch)
+        else:
+            result = self._loss(model, inputs, return_outputs, num_items_in_batch)
         if self.loss_guard is not None and model.training:
             self.loss_guard.observe(result[0] if return_outputs else result)
         return result
+
+    def _method_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The method's weighted terms (``ce`` = the usual loss) summed; their running means go to the logs."""
+        ce, outputs = self._loss(model, inputs, True, num_items_in_batch)
+        terms = self.method.loss_terms(model, inputs, outputs, ce)
+        for name, value in terms.items():
+            self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach().float()
+        self._term_count += 1
+        loss = sum(terms.values())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._term_count:
+            for name, total in self._term_sums.items():
+                logs[f"loss_{name}"] = round(float(total) / self._term_count, 6)
+            self._term_sums, self._term_count = {}, 0
+        super().log(logs, *args, **kwargs)
 
     def _loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.mixup is None or not model.training or inputs["labels"].shape[0] % 2:

@@ -1,0 +1,36 @@
+"""Transfer methods, registered by name and chosen in the recipe's optional ``method`` section.
+
+A method adds what else the run learns from (the source weights, a teacher, unlabelled target data) as
+extra loss terms inside ``TransferTrainer.compute_loss``. Adding one is one new module with a ``Method``
+subclass decorated by ``@register_method("name")`` and one import line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import Method
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    def decorate(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_method(name: str) -> type[Method]:
+    return METHODS[name]
+
+
+def create_method(name: str, options: Any) -> Method:
+    return METHODS[name](options)
+
+
+from . import dann, distillation, l2sp  # noqa: E402,F401  (registration)
+
+__all__ = ["Method", "METHODS", "register_method", "get_method", "create_method"]
