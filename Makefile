@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test
+.PHONY: demo test bench-quick install install-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,7 @@ demo: install
 
 test: install-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests -q
+
+# Speed smoke run against ../shared (about 3 minutes on 2 cores); full run: scripts/bench.py --output bench.json
+bench-quick: install
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench.py --quick --output bench-quick.json

@@ -47,6 +47,12 @@ class Scenario:
     """False for evaluation-only scenarios."""
     learning_rate: float = 5e-4
     data_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 1
+    """Passes over the same training examples (a linear probe usually makes several)."""
+
+    @property
+    def frozen_backbone(self) -> bool:
+        return self.strategy == "linear_probe"
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -67,7 +73,11 @@ for _name, _task, _strategy, _train in (
         name=_name, task=f"{_task}-classification", strategy=_strategy, train=_train,
         model="{models}/mobilenetv2_100.tv_in1k" if _task == "image" else "pypi:all-MiniLM-L6-v2",
         data="{data}/cifar10" if _task == "image" else "{data}/sst2",
-        learning_rate=5e-4 if _task == "image" else 5e-5, data_options=_IMAGE if _task == "image" else _TEXT))
+        learning_rate=(5e-4 if _task == "image" else 5e-5) * (10 if _strategy == "linear_probe" else 1),
+        epochs=3 if _strategy == "linear_probe" else 1,
+        # the cache serves only inputs that do not change between epochs
+        data_options=({**_IMAGE, "augmentation": {"random_resized_crop": False, "hflip": 0.0}}
+                      if _strategy == "linear_probe" else _IMAGE) if _task == "image" else _TEXT))
 
 
 @dataclass
@@ -142,6 +152,10 @@ class Workload:
     data: Any
     settings: BenchSettings
 
+    @property
+    def train_steps(self) -> int:
+        return self.settings.steps * self.scenario.epochs
+
     def fresh_model(self, channels_last: bool | None = None):
         from .models.layout import discover_layout
         from .strategies import create_strategy
@@ -182,13 +196,14 @@ def run_raw(workload: Workload) -> dict[str, float]:
     prepare = (lambda split, training: _image_tensors(workload, split, training, model)) \
         if workload.scenario.task == "image-classification" else (lambda split, _: _text_tensors(workload, split, processor))
     result: dict[str, float] = {}
+    started = time.perf_counter()
     if workload.scenario.train:
         batches = prepare(workload.data.train, True)
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=workload.scenario.learning_rate, weight_decay=0.01)
         clock = StepClock(workload.settings.warmup_steps)
         model.train()
-        for step in range(workload.settings.steps):
+        for step in range(workload.train_steps):
             loss = model(**batches[step % len(batches)]).loss
             loss.backward()
             optimizer.step()
@@ -202,6 +217,7 @@ def run_raw(workload: Workload) -> dict[str, float]:
         for batch in batches:
             model(**{k: v for k, v in batch.items() if k != "labels"})
     result["eval"] = len(workload.data.validation) / (time.perf_counter() - start)
+    result["end_to_end_s"] = time.perf_counter() - started
     return result
 
 
@@ -230,12 +246,13 @@ def run_naive_trainer(workload: Workload) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(output_dir=scratch, per_device_train_batch_size=workload.settings.batch_size,
                                  per_device_eval_batch_size=workload.settings.batch_size,
-                                 max_steps=workload.settings.steps, learning_rate=workload.scenario.learning_rate,
+                                 max_steps=workload.train_steps, learning_rate=workload.scenario.learning_rate,
                                  report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no",
                                  remove_unused_columns=False, disable_tqdm=True)
         trainer = Trainer(model=model, args=args, data_collator=default_data_collator,
                           callbacks=[_clock_callback(clock)])
         result: dict[str, float] = {}
+        started = time.perf_counter()
         if workload.scenario.train:
             trainer.train_dataset = _naive_split(workload, workload.data.train, processor, True, model)
             trainer.train()
@@ -244,18 +261,20 @@ def run_naive_trainer(workload: Workload) -> dict[str, float]:
         start = time.perf_counter()
         trainer.predict(validation)
         result["eval"] = len(validation) / (time.perf_counter() - start)
+        result["end_to_end_s"] = time.perf_counter() - started
     return result
 
 
-def run_hf_transfer(workload: Workload) -> dict[str, float]:
+def _hf_transfer_once(workload: Workload) -> dict[str, float]:
     from .training.run import build_trainer
 
-    recipe = workload.recipe.replace({"training.max_steps": workload.settings.steps, "training.eval_strategy": "no",
+    recipe = workload.recipe.replace({"training.max_steps": workload.train_steps, "training.eval_strategy": "no",
                                       "training.save_strategy": "no", "training.load_best_model_at_end": False,
                                       "training.logging_strategy": "no"})
     clock = StepClock(workload.settings.warmup_steps)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = build_trainer(recipe, workload.data, Path(scratch))
+        started = time.perf_counter()
+        trainer = build_trainer(recipe, workload.data, Path(scratch))  # frozen backbone: features extracted here
         trainer.add_callback(_clock_callback(clock))
         result: dict[str, float] = {}
         if workload.scenario.train:
@@ -264,6 +283,24 @@ def run_hf_transfer(workload: Workload) -> dict[str, float]:
         start = time.perf_counter()
         trainer.predict(trainer.eval_dataset)
         result["eval"] = len(workload.data.validation) / (time.perf_counter() - start)
+        result["end_to_end_s"] = time.perf_counter() - started
+    return result
+
+
+def run_hf_transfer(workload: Workload) -> dict[str, float]:
+    """The recipe path; with a frozen backbone, once with an empty feature cache and once with it filled."""
+    if not workload.scenario.frozen_backbone:
+        return _hf_transfer_once(workload)
+    import os
+
+    previous = os.environ.get("HF_TRANSFER_CACHE")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["HF_TRANSFER_CACHE"] = cache
+        try:
+            result = _hf_transfer_once(workload)
+            result["cached_end_to_end_s"] = _hf_transfer_once(workload)["end_to_end_s"]
+        finally:
+            os.environ.pop("HF_TRANSFER_CACHE") if previous is None else os.environ.update(HF_TRANSFER_CACHE=previous)
     return result
 
 
@@ -301,28 +338,35 @@ def _median(values: list[float]) -> float:
 
 def measure(scenario: Scenario, settings: BenchSettings) -> dict[str, Any]:
     workload = build_workload(scenario, settings)
-    samples: dict[str, dict[str, list[float]]] = {r: {"train": [], "eval": [], "rss": []} for r in RUNNERS}
+    samples: dict[str, dict[str, list[float]]] = {
+        r: {"train": [], "eval": [], "rss": [], "end_to_end_s": [], "cached_end_to_end_s": []} for r in RUNNERS}
     started = time.perf_counter()
     for repeat in range(settings.repeats):
         for runner in (RUNNERS if repeat % 2 == 0 else tuple(reversed(RUNNERS))):
             _reset_peak_rss()
             result = RUNNER_FUNCTIONS[runner](workload)
             samples[runner]["rss"].append(_peak_rss_mb() or float("nan"))
-            for kind in ("train", "eval"):
+            for kind in ("train", "eval", "end_to_end_s", "cached_end_to_end_s"):
                 if kind in result:
                     samples[runner][kind].append(result[kind])
             logger.info("%s repeat %d %s: %s", scenario.name, repeat + 1, runner, result)
     kind = "train" if scenario.train else "eval"
     throughput = {r: _median(samples[r][kind]) for r in RUNNERS}
-    return {
+    row = {
         "name": scenario.name, "measures": kind, "samples_per_s": throughput,
         "eval_samples_per_s": {r: _median(samples[r]["eval"]) for r in RUNNERS},
         "ratio_vs_raw": round(throughput["hf_transfer"] / throughput["raw"], 3),
         "ratio_vs_naive": round(throughput["hf_transfer"] / throughput["naive_trainer"], 3),
         "peak_rss_mb": {r: _median(samples[r]["rss"]) for r in RUNNERS},
-        "repeats": settings.repeats, "steps": settings.steps, "batch_size": settings.batch_size,
-        "wall_s": round(time.perf_counter() - started, 1),
+        "end_to_end_s": {r: _median(samples[r]["end_to_end_s"]) for r in RUNNERS},
+        "repeats": settings.repeats, "steps": workload.train_steps if scenario.train else 0,
+        "batch_size": settings.batch_size, "wall_s": round(time.perf_counter() - started, 1),
     }
+    if samples["hf_transfer"]["cached_end_to_end_s"]:
+        first, second = row["end_to_end_s"]["hf_transfer"], _median(samples["hf_transfer"]["cached_end_to_end_s"])
+        row["feature_cache"] = {"first_run_s": first, "cached_run_s": second, "speedup": round(first / second, 1),
+                                "first_vs_naive_trainer": round(row["end_to_end_s"]["naive_trainer"] / first, 2)}
+    return row
 
 
 def environment() -> dict[str, Any]:

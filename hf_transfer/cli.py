@@ -85,6 +85,9 @@ def cmd_bench(args) -> int:
     if not (shared / "data").is_dir():
         raise RecipeError(f"'{shared}' holds no data/ folder; pass --shared pointing at the benchmark data and models.")
     settings = BenchSettings.quick(shared) if args.quick else BenchSettings(shared=shared)
+    for name in ("steps", "repeats", "eval_samples"):
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
     report = run_benchmarks(args.scenarios or list(SCENARIOS), settings, Path(args.output))
     for row in report["scenarios"]:
         rates = ", ".join(f"{k} {v:.1f}" for k, v in row["samples_per_s"].items())
@@ -130,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", default="bench.json", help="where the JSON report goes")
     bench.add_argument("--scenarios", nargs="*", default=[], help="names to run (default: all)")
     bench.add_argument("--shared", default="../shared", help="folder with data/ and models/ for the benchmarks")
+    bench.add_argument("--steps", type=int, help="training steps per epoch (default 24; --quick 6)")
+    bench.add_argument("--repeats", type=int, help="interleaved repeats; the report gives medians (default 3)")
+    bench.add_argument("--eval-samples", type=int, help="validation examples evaluated (default 512)")
     bench.set_defaults(run=cmd_bench)
     push = commands.add_parser("push", help="upload a finished model folder to the Hub")
     push.add_argument("model_dir")

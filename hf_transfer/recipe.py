@@ -72,6 +72,12 @@ class AugmentationSection:
     def mixes(self) -> bool:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
+    @property
+    def changes_input(self) -> bool:
+        """True when training images differ from evaluation images (so frozen features cannot be cached)."""
+        return bool(self.random_resized_crop or self.hflip or self.vflip or self.auto_augment or self.color_jitter
+                    or self.re_prob or self.mixes)
+
 
 @dataclass
 class DataSection:
@@ -102,6 +108,9 @@ class DataSection:
     max_length: int = 128
     on_bad_example: Literal["error", "skip"] = "error"
     """``error``: stop before training and name the bad rows; ``skip``: drop them and list them in metrics.json."""
+    feature_cache: bool = True
+    """Frozen-backbone strategies (``linear_probe``) compute pooled features once, cache them on disk
+    (``$HF_TRANSFER_CACHE``, default ``~/.cache/hf_transfer``) and train the head on them."""
     augmentation: AugmentationSection = field(default_factory=AugmentationSection)
 
     def __post_init__(self) -> None:
@@ -193,10 +202,23 @@ class EvaluationSection:
     """A NaN/inf training loss stops the run (``stop``), or its optimizer step is dropped and counted in
     ``metrics.json`` (``skip``; still stops after 10 in a row). Lives here, next to early stopping, because
     ``training`` holds only ``TrainingArguments`` fields."""
+    cross_validate: int | None = None
+    """Stratified k-fold over train + validation, one run per fold in ``<output>/folds/<i>``; the model folder
+    itself is a normal run of the recipe, with the folds' mean and std added to its metrics and card."""
+    learning_curve: list[float] | None = None
+    """Train fractions (e.g. ``[0.01, 0.1, 0.5, 1.0]``), each trained pretrained and from scratch on a seeded
+    stratified subset in ``<output>/learning_curve/``; a table and a PNG go into the model folder."""
 
     def __post_init__(self) -> None:
         _require(self.early_stopping_patience is None or self.early_stopping_patience > 0,
                  "'evaluation.early_stopping_patience' must be a positive integer.")
+        _require(self.cross_validate is None or self.cross_validate >= 2,
+                 f"'evaluation.cross_validate' is the number of folds k >= 2; got {self.cross_validate}.")
+        if self.learning_curve is not None:
+            _require(bool(self.learning_curve) and all(0 < f <= 1 for f in self.learning_curve),
+                     "'evaluation.learning_curve' must list train fractions in (0, 1], e.g. [0.1, 0.5, 1.0]; "
+                     f"got {self.learning_curve}.")
+            self.learning_curve = sorted(set(self.learning_curve))
 
 
 @dataclass
@@ -218,7 +240,7 @@ class OutputSection:
                  "'output.push_to_hub' is true but 'output.hub_model_id' is empty: set it to 'user/model-name'.")
 
 
-SECTIONS = {"task", "name", "model", "data", "strategy", "method", "training", "evaluation", "output"}
+SECTIONS = {"task", "name", "model", "data", "strategy", "method", "training", "evaluation", "output", "stages"}
 
 
 @dataclass
@@ -234,6 +256,8 @@ class Recipe:
     output: OutputSection = field(default_factory=OutputSection)
     name: str = "run"
     method: MethodSection = field(default_factory=MethodSection)
+    stages: list[Any] = field(default_factory=list)
+    """``hf_transfer.stages.Stage`` list (source -> target transfer); the other fields are the last stage's."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -266,6 +290,10 @@ class Recipe:
         for key in data:
             if key not in SECTIONS:
                 raise unknown_key_error(str(key), "", SECTIONS)
+        if data.get("stages") is not None:
+            from .stages import resolve_stages
+
+            return resolve_stages(data)
         for required in ("task", "model", "data"):
             if data.get(required) is None:
                 raise RecipeError(f"Missing required section '{required}'.")
@@ -316,6 +344,7 @@ class Recipe:
             "training": to_dict(self.training),
             "evaluation": to_dict(self.evaluation),
             "output": to_dict(self.output),
+            **({"stages": [stage.to_dict() for stage in self.stages]} if self.stages else {}),
         }
 
     def to_yaml(self) -> str:

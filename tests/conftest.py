@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 
 # Fail fast instead of retrying when something reaches for the Hub; the tests build everything locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Cached frozen-backbone features go to a scratch folder, never to the user's ~/.cache.
+os.environ.setdefault("HF_TRANSFER_CACHE", tempfile.mkdtemp(prefix="hf_transfer_test_cache_"))
 
 TIMM_ARCHITECTURE = "test_efficientnet"
 """timm's own ~100k-parameter test network (BatchNorm, 6 layer groups, head named ``classifier``)."""

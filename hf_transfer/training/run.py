@@ -7,7 +7,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from transformers import EarlyStoppingCallback, PreTrainedModel, set_seed
@@ -15,13 +15,14 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, set_seed
 from ..data.prepare import PreparedData, prepare_data
 from ..data.validation import skipped_report
 from ..errors import TrainingInterrupted
+from ..features import build_cached_inputs, collate_features
 from ..evaluation.metrics import classification_report, metrics_for_trainer
 from ..methods import create_method
 from ..models.layout import discover_layout
 from ..models.sources import resolve_model_source
 from ..recipe import Recipe
 from ..strategies import create_strategy
-from ..tasks.base import get_task
+from ..tasks.base import ModelInputs, get_task
 from .arguments import build_training_arguments, default_num_workers, distributed_state
 from .checkpoints import CheckpointManifest, last_complete_checkpoint
 from .export import write_run_outputs
@@ -74,12 +75,19 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
                  CheckpointManifest()]
     if recipe.evaluation.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recipe.evaluation.early_stopping_patience))
+    cached = build_cached_inputs(recipe, data, model, processor, strategy, inputs, args)
+    if cached is not None:  # the head trains on cached features: no decoding, no backbone pass
+        args = build_training_arguments({**recipe.training, "dataloader_num_workers": 0,
+                                         "train_sampling_strategy": "random"}, checkpoints, _task_defaults(task))
+        inputs = ModelInputs(train=cached.train, validation=cached.validation, test=cached.test,
+                             collator=collate_features)
     trainer = TransferTrainer(
-        model=model, args=args, train_dataset=inputs.train, eval_dataset=inputs.validation,
-        data_collator=inputs.collator, processing_class=processor,
+        model=cached.model if cached else model, args=args, train_dataset=inputs.train,
+        eval_dataset=inputs.validation, data_collator=inputs.collator, processing_class=processor,
         compute_metrics=metrics_for_trainer(len(data.label_names)), callbacks=callbacks,
         strategy=strategy, mixup=inputs.mixup, loss_guard=loss_guard, method=method)
     trainer.test_dataset = inputs.test
+    trainer.feature_cache = cached
     if method is not None:
         method.setup(recipe, data, trainer)
     return trainer
@@ -109,6 +117,9 @@ def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder, r
     }
     if trainer.loss_guard.skipped_steps:  # evaluation.on_nonfinite_loss: skip
         metrics["train"]["skipped_nonfinite_steps"] = list(trainer.loss_guard.skipped_steps)
+    if trainer.feature_cache is not None:  # the trained head lives in the full model, which is what gets saved
+        metrics["feature_cache"] = trainer.feature_cache.report()
+        trainer.model = trainer.model_wrapped = trainer.feature_cache.model.model
     return trainer, metrics
 
 
@@ -116,6 +127,7 @@ def _scratch_baseline(recipe: Recipe, folder: RunFolder) -> dict[str, Any]:
     """The same recipe from random initialisation, in ``<output>/scratch``."""
     overrides = {"model.pretrained": False, "output.dir": str(folder.path / "scratch"),
                  "output.push_to_hub": False, "evaluation.compare_to_scratch": False,
+                 "evaluation.cross_validate": None, "evaluation.learning_curve": None,
                  **recipe.evaluation.scratch_overrides}
     scratch_recipe = recipe.replace(overrides)
     if RunFolder(scratch_recipe.output.dir).is_finished() and not recipe.output.overwrite:
@@ -130,7 +142,24 @@ def _transfer_gain(metrics: dict[str, Any], scratch: dict[str, Any]) -> dict[str
 
 
 def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
-    """Run a recipe end to end and write its model folder; resumes from the last checkpoint if any."""
+    """Run a recipe end to end and write its model folder; resumes from the last checkpoint if any.
+
+    Stages, cross-validation and learning curves train their sub-runs first (``hf_transfer.protocols``).
+    """
+    if recipe.stages or recipe.evaluation.cross_validate or recipe.evaluation.learning_curve:
+        from ..protocols import run_protocols
+
+        return run_protocols(recipe, write_card)
+    return run_single(recipe, write_card)
+
+
+#: Called after training, before anything is written: ``(trainer, metrics) -> entries added to metrics``.
+ExtraMetrics = Callable[[TransferTrainer, dict[str, Any]], dict[str, Any]]
+
+
+def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetrics | None = None,
+               data: PreparedData | None = None) -> FinetuneResult:
+    """One training run; ``data`` replaces the recipe's own splits (cross-validation folds, curve fractions)."""
     folder = RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite)
     seed = int(recipe.training.get("seed", 42))
     set_seed(seed)
@@ -139,8 +168,9 @@ def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
     if distributed_state().is_main_process:
         folder.check(recipe.to_yaml())
     resolve_model_source(recipe.model.name_or_path, recipe.task)
-    with distributed_state().main_process_first():
-        data = prepare_data(recipe.data, task.input_roles, seed)
+    if data is None:
+        with distributed_state().main_process_first():
+            data = prepare_data(recipe.data, task.input_roles, seed)
     logger.info("Data: %s; %d labels", data.sizes(), len(data.label_names))
     resume_from = _prepare_folder(folder, recipe)
     trainer, metrics = _train_and_evaluate(recipe, data, folder, resume_from)
@@ -148,6 +178,8 @@ def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
         scratch = _scratch_baseline(recipe, folder)
         metrics["scratch"] = {k: scratch[k] for k in ("validation", "test", "train") if k in scratch}
         metrics["transfer_gain"] = _transfer_gain(metrics, scratch)
+    if extra_metrics is not None:
+        metrics.update(extra_metrics(trainer, metrics))
     if trainer.is_world_process_zero():
         write_run_outputs(trainer, recipe, data, metrics, folder, write_card=write_card)
     trainer.accelerator.wait_for_everyone()

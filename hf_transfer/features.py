@@ -1,0 +1,320 @@
+"""Frozen-backbone features, computed once and cached on disk.
+
+When the backbone never trains (``linear_probe``), every epoch, every fold of a cross-validation and
+every point of a learning curve would repeat the same backbone forward pass. Instead the pooled
+features (the input of the classification head) are computed once per split, stored as safetensors
+under a key made of the backbone weights, the data fingerprint and the preprocessing, and the head
+trains on them. No library offers this for a Trainer: ``Trainer`` always runs the whole model.
+
+A head adapter says how a model splits into "features" and "head". Before the cache is used, the
+adapter is checked on one batch: the head applied to the features must give the model's own logits,
+otherwise the run falls back to the normal path (and says so), so an unusual architecture can only
+be slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .data.prepare import LABEL
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """``$HF_TRANSFER_CACHE/features``, else ``~/.cache/hf_transfer/features`` (``$XDG_CACHE_HOME`` honoured)."""
+    root = os.environ.get("HF_TRANSFER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_transfer"
+    return Path(root) / "features"
+
+
+# ------------------------------------------------------------------------------------------ head adapters
+
+class HeadAdapter:
+    """Splits a classification model into a frozen feature extractor and a trainable head."""
+
+    name: ClassVar[str]
+
+    @staticmethod
+    def applies_to(model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def features(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TimmPooledHead(HeadAdapter):
+    """timm models: ``forward_head(pre_logits=True)`` is exactly the classifier's input."""
+
+    name = "timm-pre-logits"
+
+    @staticmethod
+    def applies_to(model: nn.Module) -> bool:
+        return hasattr(getattr(model, "timm_model", None), "forward_head")
+
+    def features(self, model, batch):
+        timm_model = model.timm_model
+        return timm_model.forward_head(timm_model.forward_features(batch["pixel_values"]), pre_logits=True)
+
+    def logits(self, model, features):
+        return model.timm_model.get_classifier()(features)
+
+
+class FirstTokenHead(HeadAdapter):
+    """Encoders whose head reads the first token (BERT's pooler, RoBERTa's classification head).
+
+    The cached feature is the last hidden state of that token, kept as a length-1 sequence so both
+    head styles can consume it unchanged.
+    """
+
+    name = "first-token"
+
+    @staticmethod
+    def applies_to(model: nn.Module) -> bool:
+        return getattr(model, "base_model", model) is not model and hasattr(model, "classifier")
+
+    def features(self, model, batch):
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        return model.base_model(**inputs).last_hidden_state[:, :1]
+
+    def logits(self, model, features):
+        pooler = getattr(model.base_model, "pooler", None)
+        return model.classifier(pooler(features) if pooler is not None else features)
+
+
+HEAD_ADAPTERS: tuple[type[HeadAdapter], ...] = (TimmPooledHead, FirstTokenHead)
+
+
+def head_adapter_for(model: nn.Module) -> HeadAdapter | None:
+    return next((cls() for cls in HEAD_ADAPTERS if cls.applies_to(model)), None)
+
+
+# ----------------------------------------------------------------------------------------- cache keys
+
+def backbone_digest(model: nn.Module, head_parameters: tuple[str, ...]) -> str:
+    """sha256 of every weight and buffer outside the head (the features depend on nothing else)."""
+    head = set(head_parameters)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name in head:
+            continue
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def feature_key(adapter: HeadAdapter, backbone: str, split_fingerprint: str, preprocessing: str) -> str:
+    payload = json.dumps({"version": FORMAT_VERSION, "adapter": adapter.name, "backbone": backbone,
+                          "data": split_fingerprint, "preprocessing": preprocessing}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+# -------------------------------------------------------------------------------------- extraction
+
+@dataclass
+class FeatureSet(torch.utils.data.Dataset):
+    """Features and labels of one split, in the split's order."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"features": self.features[index], "labels": self.labels[index]}
+
+
+def collate_features(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {"features": torch.stack([e["features"] for e in examples]),
+            "labels": torch.stack([e["labels"] for e in examples])}
+
+
+def _length_order(split) -> list[int] | None:
+    """Text: extract in order of length so that each batch carries little padding."""
+    if "input_ids" not in split.column_names:
+        return None
+    lengths = [len(ids) for ids in split["input_ids"]]
+    return sorted(range(len(lengths)), key=lengths.__getitem__)
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, adapter: HeadAdapter, split, collator: Callable, batch_size: int,
+                     num_workers: int = 0, description: str = "features") -> torch.Tensor:
+    """Run the frozen backbone once over ``split`` (in eval mode) and return its features in split order."""
+    from tqdm.auto import tqdm
+
+    order = _length_order(split)
+    ordered = split.select(order) if order is not None else split
+    loader = torch.utils.data.DataLoader(ordered, batch_size=batch_size, collate_fn=collator,
+                                         num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = []
+    for batch in tqdm(loader, desc=f"Extracting {description}", leave=False):
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        chunks.append(adapter.features(model, batch).float().cpu())
+    model.train(was_training)
+    features = torch.cat(chunks)
+    if order is not None:
+        restored = torch.empty_like(features)
+        restored[torch.tensor(order)] = features
+        features = restored
+    return features
+
+
+def cached_features(key: str, compute: Callable[[], torch.Tensor], directory: Path | None = None) -> tuple[torch.Tensor, bool]:
+    """The features stored under ``key``, computing and storing them (atomically) on a miss."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    path = (directory or cache_dir()) / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(path)["features"], True
+        except (SafetensorError, KeyError, OSError) as error:
+            logger.warning("Feature cache file %s is unreadable (%s); computing the features again.", path, error)
+    features = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        temporary = Path(handle.name)
+    save_file({"features": features.contiguous()}, temporary, metadata={"key": key})
+    os.replace(temporary, path)
+    return features, False
+
+
+# ------------------------------------------------------------------------------------ training the head
+
+class CachedHeadModel(nn.Module):
+    """The model's own head, fed cached features; the full model is kept for saving afterwards."""
+
+    def __init__(self, model: nn.Module, adapter: HeadAdapter) -> None:
+        super().__init__()
+        self.model = model
+        self.adapter = adapter
+        self.config = model.config
+
+    def state_dict(self, *args, **kwargs):
+        """Contiguous tensors: checkpoints go through safetensors, which refuses channels_last weights."""
+        state = super().state_dict(*args, **kwargs)
+        return type(state)((key, value.contiguous()) for key, value in state.items())
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        logits = self.adapter.logits(self.model, features)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def adapter_reproduces_model(model: nn.Module, adapter: HeadAdapter, batch: dict[str, torch.Tensor]) -> bool:
+    """Does ``head(features(x))`` equal the model's logits on this batch (eval mode)?"""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            expected = model(**inputs).logits
+            actual = adapter.logits(model, adapter.features(model, inputs))
+        return actual.shape == expected.shape and torch.allclose(actual, expected, atol=1e-4, rtol=1e-4)
+    except Exception as error:  # an unusual forward signature: not this adapter's model
+        logger.debug("Head adapter %s does not fit %s: %s", adapter.name, type(model).__name__, error)
+        return False
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class CachedInputs:
+    """What the trainer needs to train the head from features, plus cache statistics for metrics.json."""
+
+    model: CachedHeadModel
+    train: FeatureSet
+    validation: FeatureSet
+    test: FeatureSet | None
+    hits: dict[str, bool]
+    extract_s: float
+
+    def report(self) -> dict[str, Any]:
+        return {"adapter": self.model.adapter.name, "hits": self.hits, "extract_s": round(self.extract_s, 2)}
+
+
+# ------------------------------------------------------------------------------------------ the decision
+
+def cache_disabled_reason(recipe, strategy, world_size: int) -> str | None:
+    """Why this run cannot train its head from cached features (``None``: it can)."""
+    if not strategy.freezes_backbone:
+        return "the backbone trains"
+    if not recipe.data.feature_cache:
+        return "data.feature_cache is false"
+    if recipe.method.name:
+        return f"method '{recipe.method.name}' needs the full model in the loop"
+    if recipe.task == "image-classification" and recipe.data.augmentation.changes_input:
+        return ("data.augmentation changes the input every epoch (random_resized_crop, flips, auto_augment, "
+                "color_jitter, re_prob or mixup); turn them off to train the head from cached features")
+    if world_size > 1:
+        return "it runs in several processes"
+    return None
+
+
+def _preprocessing(recipe, data, model, processor) -> str:
+    """Everything besides weights and rows that changes the features."""
+    description: dict[str, Any] = {"task": recipe.task, "columns": data.columns}
+    if recipe.task == "image-classification":
+        cfg = dict(getattr(model.config, "pretrained_cfg", None) or {})
+        description["image"] = {k: cfg.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct",
+                                                         "crop_mode")}
+    else:
+        description["tokenizer"] = [type(processor).__name__, getattr(processor, "name_or_path", ""),
+                                    len(processor) if processor is not None else 0, recipe.data.max_length]
+    return json.dumps(description, sort_keys=True, default=str)
+
+
+def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) -> CachedInputs | None:
+    """Features of every split from the cache (computing the missing ones), or ``None`` with a log line."""
+    import time
+
+    reason = cache_disabled_reason(recipe, strategy, args.world_size)
+    if reason is not None:
+        if strategy.freezes_backbone:
+            logger.info("Feature cache off: %s.", reason)
+        return None
+    adapter = head_adapter_for(model)
+    probe = inputs.collator([inputs.validation[i] for i in range(min(2, len(inputs.validation)))])
+    if adapter is None or not adapter_reproduces_model(model, adapter, probe):
+        logger.info("Feature cache off: no head adapter reproduces %s's logits from pooled features.",
+                    type(model).__name__)
+        return None
+    started = time.perf_counter()
+    backbone = backbone_digest(model, strategy.layout.head)
+    preprocessing = _preprocessing(recipe, data, model, processor)
+    sets: dict[str, FeatureSet | None] = {}
+    hits: dict[str, bool] = {}
+    for name in ("train", "validation", "test"):
+        split, encoded = getattr(data, name), getattr(inputs, name)
+        if split is None or encoded is None:
+            sets[name] = None
+            continue
+        key = feature_key(adapter, backbone, split._fingerprint, preprocessing)
+        features, hits[name] = cached_features(key, lambda: extract_features(
+            model, adapter, encoded, inputs.collator, args.per_device_eval_batch_size,
+            args.dataloader_num_workers, description=name))
+        sets[name] = FeatureSet(features, torch.tensor(list(split[LABEL]), dtype=torch.long))
+    logger.info("Feature cache (%s): %s", cache_dir(),
+                ", ".join(f"{name} {'hit' if hit else 'computed'}" for name, hit in hits.items()))
+    return CachedInputs(model=CachedHeadModel(model, adapter), train=sets["train"], validation=sets["validation"],
+                        test=sets["test"], hits=hits, extract_s=time.perf_counter() - started)
