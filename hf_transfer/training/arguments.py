@@ -93,9 +93,19 @@ def validate_training_section(training: dict[str, Any]) -> None:
 
 
 def default_num_workers() -> int:
-    """Image decoding and augmentation run in workers; leave one core to the training process."""
+    """Data-loader worker processes for image decoding and augmentation.
+
+    With a GPU the CPU is free for decoding: up to 8 workers, one core left to the training process.
+    Without one, every core already runs the model's own threads, and a worker competing with them
+    stalls the whole step (measured on 2 cores: MobileNetV2 trained at a third of the speed); decoding
+    a small image inline costs a few percent of a CPU training step, so few-core CPU runs decode inline.
+    """
+    import torch
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores - 1)) if cores > 1 else 0
+    if torch.cuda.is_available():
+        return max(1, min(8, cores - 1)) if cores > 1 else 0
+    return 0 if cores <= 4 else min(4, cores // 8 + 1)
 
 
 def multi_process_cpu() -> bool:
