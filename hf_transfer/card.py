@@ -97,6 +97,30 @@ def _scratch_rows(metrics: dict[str, Any], split: str) -> dict[str, str] | None:
             "gain_f1": _points(ours["f1_macro"] - scratch["f1_macro"])}
 
 
+def protocol_rows(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Template values for stages (lineage, forgetting), cross-validation and learning curves, when present."""
+    lineage = []
+    for entry in metrics.get("stages", []):
+        split = "test" if "test" in entry["metrics"] else "validation"
+        lineage.append({"stage": entry["stage"], "data": entry["data"], "started_from": entry["started_from"],
+                        "accuracy": _percent(entry["metrics"][split]["accuracy"]), "split": split})
+    forgetting = metrics.get("forgetting")
+    if forgetting:
+        forgetting = {**forgetting, "before": _percent(forgetting["accuracy_before"]),
+                      "after": _percent(forgetting["accuracy_after"]), "change": _points(forgetting["accuracy_change"])}
+    folds = metrics.get("cross_validation")
+    cv_rows = [] if not folds else [
+        (name, f"{row['mean']:.4f} ± {row['std']:.4f}") for name, row in folds["metrics"].items()
+        if name.split(".")[0] in ("validation", "test") and name.split(".")[-1] in HEADLINE_NAMES]
+    curve = metrics.get("learning_curve")
+    curve_rows = [] if not curve else [
+        {"fraction": f"{row['fraction']:g}", "train_samples": row["train_samples"],
+         "pretrained": _percent(row["pretrained"]["accuracy"]), "scratch": _percent(row["scratch"]["accuracy"]),
+         "gain": _points(row["gain_accuracy"])} for row in curve["rows"]]
+    return {"lineage": lineage, "forgetting": forgetting, "cv": folds, "cv_rows": cv_rows,
+            "curve": curve, "curve_rows": curve_rows}
+
+
 def _strategy_text(options: dict[str, Any]) -> str:
     settings = {k: v for k, v in options.items() if k != "name" and v is not None}
     return "(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")" if settings else ""
@@ -142,7 +166,7 @@ def render_model_card(inputs: CardInputs):
         + (" ..." if len(inputs.label_names) > 50 else ""),
         input_text=input_text, hyperparameters=list(inputs.hyperparameters.items()),
         runtime=f"{train.get('runtime_s', 0):.0f} s", steps=train.get("steps", "?"), epochs=train.get("epochs", "?"),
-        recipe_yaml=inputs.recipe_yaml,
+        recipe_yaml=inputs.recipe_yaml, **protocol_rows(metrics),
     )
 
 

@@ -145,15 +145,22 @@ def apply_override(tree: dict, assignment: str) -> None:
     except yaml.YAMLError as error:
         problem = str(error).splitlines()[0]
         raise RecipeError(f"Override '{assignment}': the value is not valid YAML ({problem}).") from None
-    node = tree
-    for key in keys[:-1]:
-        child = node.get(key)
+    node: Any = tree
+    for depth, key in enumerate(keys):
+        if isinstance(node, list):  # ``stages.0.data.path``: a list index
+            if not key.isdigit() or int(key) >= len(node):
+                raise RecipeError(f"Override '{assignment}': '{'.'.join(keys[:depth])}' is a list of {len(node)}; "
+                                  f"'{key}' is not an index in it (0 to {len(node) - 1}).")
+            key = int(key)
+        if depth == len(keys) - 1:
+            node[key] = value
+            return
+        child = node[key] if isinstance(node, list) else node.get(key)
         if child is None:
             child = node[key] = {}
-        if not isinstance(child, dict):
-            raise RecipeError(f"Override '{assignment}': '{key}' is a value, not a section.")
+        if not isinstance(child, (dict, list)):
+            raise RecipeError(f"Override '{assignment}': '{keys[depth]}' is a value, not a section.")
         node = child
-    node[keys[-1]] = value
 
 
 class RecipeLoader(yaml.SafeLoader):

@@ -1,0 +1,53 @@
+"""Forgetting report: how well the transferred backbone still serves the source task.
+
+After a target stage, the source stage's own head (kept aside in its folder) is put back on top of the
+target-trained backbone and evaluated on the source split the source stage reported; the drop from the
+source stage's accuracy is the catastrophic forgetting of the source task (McCloskey & Cohen 1989;
+measured this way by Li & Hoiem, "Learning without Forgetting", 2016).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..recipe import Recipe
+
+
+def source_forgetting(source_recipe: Recipe, source_dir: Path, source_metrics: dict[str, Any],
+                      target_model: nn.Module, source_name: str = "source") -> dict[str, Any]:
+    """Source-task accuracy before (the source stage's) and after (target backbone + source head)."""
+    from transformers import TrainingArguments
+
+    from ..data.prepare import prepare_data
+    from ..models.carry import carried_keys
+    from ..strategies import create_strategy
+    from ..models.layout import ParameterLayout
+    from ..tasks.base import get_task
+    from ..training.run import evaluate_split
+    from ..training.trainer import TransferTrainer
+
+    task = get_task(source_recipe.task)
+    data = prepare_data(source_recipe.data, task.input_roles, int(source_recipe.training.get("seed", 42)))
+    split = "test" if data.test is not None and "test" in source_metrics else "validation"
+    model, processor = task.load_model(
+        source_recipe.replace({"model.name_or_path": str(source_dir), "model.pretrained": True}), data.label_names)
+    target_state = target_model.state_dict()
+    model.load_state_dict({key: target_state[key].detach().cpu() for key in carried_keys(model, "all")}, strict=False)
+    inputs = task.model_inputs(source_recipe, data, model, processor)
+    dataset = inputs.test if split == "test" else inputs.validation
+    batch = int(source_recipe.training.get("per_device_eval_batch_size", 64))
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch, report_to="none",
+                                 remove_unused_columns=False, dataloader_num_workers=0)
+        trainer = TransferTrainer(model=model, args=args, data_collator=inputs.collator, processing_class=processor,
+                                  strategy=create_strategy("full", None, ParameterLayout((), ())))
+        after = evaluate_split(trainer, dataset, data.label_names, split)
+    before = source_metrics[split]
+    return {"source_stage": source_name, "split": split, "num_samples": after["num_samples"],
+            "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+            "accuracy_change": round(after["accuracy"] - before["accuracy"], 6),
+            "f1_macro_before": before["f1_macro"], "f1_macro_after": after["f1_macro"]}
