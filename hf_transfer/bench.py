@@ -387,3 +387,17 @@ def run_benchmarks(names: list[str], settings: BenchSettings, output: Path) -> d
         report["scenarios"].append(measure(SCENARIOS[name], settings))
         write_atomic(output, json.dumps(report, indent=2) + "\n")  # partial results survive an interruption
     return report
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The report as the table of ``docs/performance.md``."""
+    lines = ["| scenario | measures | raw | naive_trainer | hf_transfer | vs raw | vs naive | peak RSS MB (raw / naive / hf) "
+             "| frozen-feature cache: first run / cached run (speed-up) |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["scenarios"]:
+        rate, rss = row["samples_per_s"], row["peak_rss_mb"]
+        cache = row.get("feature_cache")
+        cached = f"{cache['first_run_s']} s / {cache['cached_run_s']} s ({cache['speedup']}x)" if cache else ""
+        lines.append(f"| {row['name']} | {row['measures']} samples/s | {rate['raw']} | {rate['naive_trainer']} | "
+                     f"{rate['hf_transfer']} | {row['ratio_vs_raw']} | {row['ratio_vs_naive']} | "
+                     f"{rss['raw']:.0f} / {rss['naive_trainer']:.0f} / {rss['hf_transfer']:.0f} | {cached} |")
+    return "\n".join(lines)

@@ -75,7 +75,7 @@ def cmd_push(args) -> int:
 def cmd_bench(args) -> int:
     from pathlib import Path
 
-    from .bench import SCENARIOS, BenchSettings, run_benchmarks
+    from .bench import SCENARIOS, BenchSettings, markdown_table, run_benchmarks
     from .errors import RecipeError
 
     unknown = sorted(set(args.scenarios) - set(SCENARIOS))
@@ -89,10 +89,7 @@ def cmd_bench(args) -> int:
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     report = run_benchmarks(args.scenarios or list(SCENARIOS), settings, Path(args.output))
-    for row in report["scenarios"]:
-        rates = ", ".join(f"{k} {v:.1f}" for k, v in row["samples_per_s"].items())
-        print(f"{row['name']:<20} {row['measures']} samples/s: {rates}; vs raw {row['ratio_vs_raw']:.2f}, "
-              f"vs naive {row['ratio_vs_naive']:.2f}")
+    print(markdown_table(report))
     print(f"Wrote {args.output}")
     return 0
 

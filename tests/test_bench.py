@@ -1,0 +1,45 @@
+"""The benchmark harness: timing, report shape and argument errors (speed itself is never asserted)."""
+
+from __future__ import annotations
+
+import time
+
+from hf_transfer.bench import RUNNERS, SCENARIOS, StepClock, markdown_table
+from hf_transfer.cli import EXIT_USER_ERROR, run_cli
+
+REQUIRED = {"image_full_ft", "image_linear_probe", "text_full_ft", "text_linear_probe", "image_eval", "text_eval"}
+
+
+def test_every_scenario_the_issue_names_is_registered():
+    assert REQUIRED <= set(SCENARIOS)
+    assert all(SCENARIOS[name].frozen_backbone == name.endswith("linear_probe") for name in REQUIRED)
+    assert RUNNERS == ("raw", "naive_trainer", "hf_transfer")
+
+
+def test_step_clock_ignores_warm_up_steps():
+    clock = StepClock(warmup=2)
+    clock.tick()
+    time.sleep(0.2)  # a slow first step must not count
+    clock.tick()
+    for _ in range(3):
+        time.sleep(0.01)
+        clock.tick()
+    assert 32 * 3 / 0.1 < clock.samples_per_s(32) < 32 * 3 / 0.03
+
+
+def test_markdown_table_lists_each_scenario_and_the_cache_speedup():
+    row = {"name": "image_linear_probe", "measures": "train", "ratio_vs_raw": 2.0, "ratio_vs_naive": 3.0,
+           "samples_per_s": {"raw": 10.0, "naive_trainer": 6.7, "hf_transfer": 20.0},
+           "peak_rss_mb": {"raw": 100.0, "naive_trainer": 110.0, "hf_transfer": 120.0},
+           "feature_cache": {"first_run_s": 30.0, "cached_run_s": 1.0, "speedup": 30.0}}
+    table = markdown_table({"scenarios": [row, {**row, "name": "image_eval", "feature_cache": None}]})
+    lines = table.splitlines()
+    assert len(lines) == 4 and "image_linear_probe" in lines[2] and "(30.0x)" in lines[2]
+    assert lines[3].rstrip().endswith("|  |")
+
+
+def test_unknown_scenario_is_a_user_error(tmp_path, capsys):
+    code = run_cli(["bench", "--scenarios", "image_ful_ft", "--output", str(tmp_path / "b.json")])
+    assert code == EXIT_USER_ERROR
+    assert "image_ful_ft" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
