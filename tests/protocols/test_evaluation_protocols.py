@@ -81,4 +81,4 @@ def test_cross_validation_and_learning_curve_run_end_to_end(tiny_timm_dir, image
     assert (out / "learning_curve.png").stat().st_size > 0
     card = (out / "README.md").read_text()
     assert "### Cross-validation" in card and "### Learning curve" in card and "±" in card
-    assert result.output_dir == out and Recipe.from_yaml(out / "recipe.yaml").evaluation.cross_validate == 3
+    assert result.output_dir == out and Recipe.from_yaml(out / "recipe.yaml").evaluation.cross_validate == 2
