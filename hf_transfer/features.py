@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -42,20 +43,23 @@ def cache_dir() -> Path:
 
 # ------------------------------------------------------------------------------------------ head adapters
 
-class HeadAdapter:
+class HeadAdapter(ABC):
     """Splits a classification model into a frozen feature extractor and a trainable head."""
 
     name: ClassVar[str]
 
     @staticmethod
+    @abstractmethod
     def applies_to(model: nn.Module) -> bool:
-        raise NotImplementedError
+        """Could this adapter fit ``model``? (``adapter_reproduces_model`` then checks that it does.)"""
 
+    @abstractmethod
     def features(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """The frozen part: what gets cached."""
 
+    @abstractmethod
     def logits(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The trainable part, applied to cached features."""
 
 
 class TimmPooledHead(HeadAdapter):
