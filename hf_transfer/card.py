@@ -121,6 +121,17 @@ def protocol_rows(metrics: dict[str, Any]) -> dict[str, Any]:
             "curve": curve, "curve_rows": curve_rows}
 
 
+def selection_rows(metrics: dict[str, Any]) -> dict[str, str] | None:
+    """``model.name_or_path: auto``: the candidates' transferability table (``metrics['backbone_selection']``)."""
+    if not metrics.get("backbone_selection"):
+        return None
+    from .transferability.ranking import Ranking
+    from .transferability.report import markdown_table, summary
+
+    ranking = Ranking.from_dict(metrics["backbone_selection"])
+    return {"summary": summary(ranking), "table": markdown_table(ranking)}
+
+
 def _strategy_text(options: dict[str, Any]) -> str:
     settings = {k: v for k, v in options.items() if k != "name" and v is not None}
     return "(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")" if settings else ""
@@ -166,7 +177,7 @@ def render_model_card(inputs: CardInputs):
         + (" ..." if len(inputs.label_names) > 50 else ""),
         input_text=input_text, hyperparameters=list(inputs.hyperparameters.items()),
         runtime=f"{train.get('runtime_s', 0):.0f} s", steps=train.get("steps", "?"), epochs=train.get("epochs", "?"),
-        recipe_yaml=inputs.recipe_yaml, **protocol_rows(metrics),
+        recipe_yaml=inputs.recipe_yaml, selection=selection_rows(metrics), **protocol_rows(metrics),
     )
 
 

@@ -7,13 +7,18 @@ from typing import Any
 from .data.prepare import prepare_data
 from .errors import DataError, ModelError
 from .models.sources import resolve_model_source
-from .recipe import Recipe
+from .recipe import AUTO, Recipe
 from .tasks.base import get_task
 
 SAMPLE_ROWS = 16
 
 
 def _model_summary(recipe: Recipe) -> dict[str, Any]:
+    if recipe.model.name_or_path == AUTO:
+        from .transferability.ranking import check_candidates, parse_candidates
+
+        check_candidates(parse_candidates(recipe.model.candidates), recipe.task)
+        return {"source": "auto", "candidates": list(recipe.model.candidates), "rank_by": recipe.model.rank_by}
     source = resolve_model_source(recipe.model.name_or_path, recipe.task)
     if source.kind == "timm":
         return {"source": "timm architecture", "architecture": source.location}

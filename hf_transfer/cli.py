@@ -1,4 +1,4 @@
-"""``hf-transfer`` command line: finetune, check, evaluate, push.
+"""``hf-transfer`` command line: finetune, check, evaluate, rank, bench, push.
 
 Mistakes a user can fix (recipe, data, model, output folder) print one message and exit with
 code 2; ``--debug`` shows the traceback.
@@ -94,6 +94,22 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_rank(args) -> int:
+    from pathlib import Path
+
+    from .transferability.cli import rank_recipe
+    from .transferability.ranking import rank_candidates
+    from .transferability.report import check_output, markdown_table, summary, write_ranking
+
+    recipe = rank_recipe(args)
+    output = Path(args.output)
+    check_output(output, args.overwrite)
+    ranking = rank_candidates(recipe, max_samples=args.max_samples)
+    write_ranking(ranking, output, overwrite=args.overwrite)
+    print(f"\n{summary(ranking)}\n\n{markdown_table(ranking)}\n\nWrote {output}/ranking.json, ranking.md, ranking.png")
+    return 0
+
+
 def _print_summary(metrics: dict, output_dir) -> None:
     def line(name: str, report: dict | None) -> None:
         if report:
@@ -134,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, help="interleaved repeats; the report gives medians (default 3)")
     bench.add_argument("--eval-samples", type=int, help="validation examples evaluated (default 512)")
     bench.set_defaults(run=cmd_bench)
+    rank = commands.add_parser("rank", help="score candidate backbones on the data (LogME, LEEP, NCE, H-score)")
+    from .transferability.cli import add_rank_arguments
+
+    add_rank_arguments(rank)
+    rank.set_defaults(run=cmd_rank)
     push = commands.add_parser("push", help="upload a finished model folder to the Hub")
     push.add_argument("model_dir")
     push.add_argument("repo_id")

@@ -18,6 +18,8 @@ import yaml
 from .config_utils import apply_override, closest, from_dict, load_yaml, to_dict, unknown_key_error
 from .errors import RecipeError
 
+AUTO = "auto"
+"""``model.name_or_path: auto``: choose among ``model.candidates`` by a transferability score."""
 Task = Literal["image-classification", "text-classification"]
 TASKS: tuple[str, ...] = ("image-classification", "text-classification")
 
@@ -39,9 +41,24 @@ class ModelSection:
     channels_last: bool = True
     """Image models: NHWC memory layout for convolutions (MobileNetV2 trains ~1.5x faster on a CPU); saved
     weights are the same. Ignored for text."""
+    candidates: list[str] | None = None
+    """With ``name_or_path: auto``: backbones scored on the train split before training, the best is trained
+    (``hf_transfer.transferability``); ``random:<reference>`` is the same architecture with random weights."""
+    rank_by: str = "logme"
+    rank_max_samples: int = 1000
 
     def __post_init__(self) -> None:
+        from .transferability import SCORES
+
         _require(bool(self.name_or_path.strip()), "'model.name_or_path' must not be empty.")
+        auto = self.name_or_path == AUTO
+        _require(not auto or bool(self.candidates), "'model.name_or_path' is 'auto' but 'model.candidates' is empty: "
+                 "list the backbones to choose from, e.g. candidates: [pypi:mobilenetv2_100.tv_in1k, ...].")
+        _require(auto or not self.candidates, f"'model.candidates' is set but 'model.name_or_path' is "
+                 f"'{self.name_or_path}': set name_or_path: auto to choose among them, or remove candidates.")
+        _require(self.rank_by in SCORES, f"'model.rank_by' = '{self.rank_by}' is not a score; "
+                 f"available: {', '.join(SCORES)}.")
+        _require(self.rank_max_samples > 0, "'model.rank_max_samples' must be a positive integer.")
 
 
 @dataclass
@@ -272,6 +289,9 @@ class Recipe:
                  "no '/', '\\' or '..'.")
         if self.output.dir is None:
             self.output.dir = str(Path("runs") / self.name)
+        _require(self.model.name_or_path != AUTO or not (self.evaluation.cross_validate or self.evaluation.learning_curve),
+                 "'model.name_or_path: auto' does not combine with cross-validation or learning curves yet: run "
+                 "'hf-transfer rank' first and set model.name_or_path to the winner.")
         if self.method.name is not None:
             from .methods import get_method
 

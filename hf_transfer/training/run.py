@@ -20,7 +20,7 @@ from ..evaluation.metrics import classification_report, metrics_for_trainer
 from ..methods import create_method
 from ..models.layout import discover_layout
 from ..models.sources import resolve_model_source
-from ..recipe import Recipe
+from ..recipe import AUTO, Recipe
 from ..strategies import create_strategy
 from ..tasks.base import ModelInputs, get_task
 from .arguments import build_training_arguments, default_num_workers, distributed_state
@@ -144,8 +144,13 @@ def _transfer_gain(metrics: dict[str, Any], scratch: dict[str, Any]) -> dict[str
 def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
     """Run a recipe end to end and write its model folder; resumes from the last checkpoint if any.
 
-    Stages, cross-validation and learning curves train their sub-runs first (``hf_transfer.protocols``).
+    Stages, cross-validation and learning curves train their sub-runs first (``hf_transfer.protocols``);
+    ``model.name_or_path: auto`` ranks ``model.candidates`` first (``hf_transfer.transferability``).
     """
+    if recipe.model.name_or_path == AUTO:
+        from ..transferability.auto import finetune_auto
+
+        return finetune_auto(recipe, write_card)
     if recipe.stages or recipe.evaluation.cross_validate or recipe.evaluation.learning_curve:
         from ..protocols import run_protocols
 

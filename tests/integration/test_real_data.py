@@ -123,3 +123,20 @@ def test_two_process_cpu_data_parallel_writes_one_output(tmp_path):
     assert metrics["test"]["num_samples"] == 100
     assert not list(out.glob(".staging*")) and not (out / "checkpoints").exists()
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors") == ["model.safetensors"]
+
+
+def test_rank_pretrained_mobilenet_outranks_its_random_init_on_cifar10(tmp_path):
+    from hf_transfer.cli import run_cli
+
+    out = tmp_path / "ranking"
+    code = run_cli(["rank", "--data", str(SHARED / "data" / "cifar10"), "--candidates", f"random:{MOBILENET}",
+                    str(MOBILENET), "--max-samples", "200", "--set", "data.image_size=64", "--set", "data.crop_pct=1.0",
+                    "--output", str(out)])
+    assert code == 0
+    report = json.loads((out / "ranking.json").read_text())
+    assert report["num_samples"] == 200 and report["num_classes"] == 10
+    scores = {r["candidate"]: r["scores"] for r in report["results"]}
+    pretrained, random = scores[str(MOBILENET)], scores[f"random:{MOBILENET}"]
+    assert report["best"] == str(MOBILENET)
+    for name in ("logme", "leep", "nce", "hscore"):  # ImageNet features and head both carry over
+        assert pretrained[name] > random[name], (name, pretrained[name], random[name])

@@ -1,0 +1,40 @@
+"""``model.name_or_path: auto``: score ``model.candidates`` on the train split, then train the best.
+
+The ranking is written into the run folder (``ranking.json``/``.md``/``.png``), added to ``metrics.json`` as
+``backbone_selection`` and shown in the model card; the saved ``recipe.yaml`` names the chosen backbone,
+so the run reproduces without ranking again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+
+def finetune_auto(recipe: Recipe, write_card: bool = True):
+    from ..data.prepare import prepare_data
+    from ..tasks.base import get_task
+    from ..training.outputs import RunFolder
+    from ..training.run import run_single
+    from .ranking import Candidate, rank_candidates
+    from .report import write_ranking
+
+    folder = RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite)
+    if folder.is_finished():
+        folder.check(recipe.to_yaml())  # a finished run is refused before minutes of ranking, not after
+    seed = int(recipe.training.get("seed", 42))
+    data = prepare_data(recipe.data, get_task(recipe.task).input_roles, seed)
+    ranking = rank_candidates(recipe, data)
+    chosen = Candidate.parse(ranking.best().candidate)
+    logger.info("model.name_or_path: auto chose %s (%s %.4f)", chosen.spec, ranking.rank_by,
+                ranking.best().scores[ranking.rank_by])
+
+    def record(trainer, metrics):
+        if trainer.is_world_process_zero():
+            write_ranking(ranking, folder.path, overwrite=True)
+        return {"backbone_selection": ranking.to_dict()}
+
+    return run_single(chosen.recipe(recipe), write_card, extra_metrics=record, data=data)
