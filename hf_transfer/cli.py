@@ -88,8 +88,14 @@ def cmd_bench(args) -> int:
     for name in ("steps", "repeats", "eval_samples"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
-    report = run_benchmarks(args.scenarios or list(SCENARIOS), settings, Path(args.output))
-    print(markdown_table(report))
+    if args.switches:
+        from .bench_switches import DEFAULT_SCENARIOS, run_switch_benchmarks, switches_table
+
+        report = run_switch_benchmarks(args.scenarios or list(DEFAULT_SCENARIOS), settings, Path(args.output))
+        print(switches_table(report))
+    else:
+        report = run_benchmarks(args.scenarios or list(SCENARIOS), settings, Path(args.output))
+        print(markdown_table(report))
     print(f"Wrote {args.output}")
     return 0
 
@@ -149,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, help="training steps per epoch (default 24; --quick 6)")
     bench.add_argument("--repeats", type=int, help="interleaved repeats; the report gives medians (default 3)")
     bench.add_argument("--eval-samples", type=int, help="validation examples evaluated (default 512)")
+    bench.add_argument("--switches", action="store_true",
+                       help="measure the recipe path with channels_last off, torch.compile and bf16 against its "
+                            "defaults (default scenarios: image_full_ft text_full_ft)")
     bench.set_defaults(run=cmd_bench)
     rank = commands.add_parser("rank", help="score candidate backbones on the data (LogME, LEEP, NCE, H-score)")
     from .transferability.cli import add_rank_arguments

@@ -143,8 +143,16 @@ class FeatureSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"features": self.features[index], "labels": self.labels[index]}
 
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """A whole batch in one indexing operation (``DataLoader`` calls this instead of ``__getitem__`` per
+        example): the head's steps take microseconds, so per-example Python work would dominate them."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return {"features": self.features[index], "labels": self.labels[index]}
 
-def collate_features(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+
+def collate_features(examples: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if isinstance(examples, dict):  # already a batch (``FeatureSet.__getitems__``)
+        return examples
     return {"features": torch.stack([e["features"] for e in examples]),
             "labels": torch.stack([e["labels"] for e in examples])}
 
@@ -242,6 +250,23 @@ def adapter_reproduces_model(model: nn.Module, adapter: HeadAdapter, batch: dict
         model.train(was_training)
 
 
+def _adapter_checked(model: nn.Module, adapter: HeadAdapter, backbone: str, inputs) -> bool:
+    """``adapter_reproduces_model`` on two validation examples, remembered per backbone in the cache folder.
+
+    A cached run would otherwise spend more time on this check (a first forward pass) than on its training.
+    """
+    token = hashlib.sha256(f"{adapter.name}:{type(model).__name__}:{backbone}".encode()).hexdigest()[:32]
+    marker = cache_dir() / "checked" / token
+    if marker.is_file():
+        return True
+    probe = inputs.collator([inputs.validation[i] for i in range(min(2, len(inputs.validation)))])
+    if not adapter_reproduces_model(model, adapter, probe):
+        return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return True
+
+
 @dataclass
 class CachedInputs:
     """What the trainer needs to train the head from features, plus cache statistics for metrics.json."""
@@ -297,14 +322,13 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
         if strategy.freezes_backbone:
             logger.info("Feature cache off: %s.", reason)
         return None
+    started = time.perf_counter()
     adapter = head_adapter_for(model)
-    probe = inputs.collator([inputs.validation[i] for i in range(min(2, len(inputs.validation)))])
-    if adapter is None or not adapter_reproduces_model(model, adapter, probe):
+    backbone = backbone_digest(model, strategy.layout.head) if adapter is not None else ""
+    if adapter is None or not _adapter_checked(model, adapter, backbone, inputs):
         logger.info("Feature cache off: no head adapter reproduces %s's logits from pooled features.",
                     type(model).__name__)
         return None
-    started = time.perf_counter()
-    backbone = backbone_digest(model, strategy.layout.head)
     preprocessing = _preprocessing(recipe, data, model, processor)
     sets: dict[str, FeatureSet | None] = {}
     hits: dict[str, bool] = {}

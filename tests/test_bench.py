@@ -43,3 +43,35 @@ def test_unknown_scenario_is_a_user_error(tmp_path, capsys):
     assert code == EXIT_USER_ERROR
     assert "image_ful_ft" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_switches_are_interleaved_compared_to_the_defaults_and_failures_reported(monkeypatch, tmp_path):
+    import json
+
+    import hf_transfer.bench_switches as switches
+    from hf_transfer.bench import BenchSettings
+
+    class Workload:
+        train_steps = 4
+
+    calls = []
+
+    def fake_run(workload, overrides):
+        calls.append(dict(overrides))
+        if overrides.get("training.torch_compile"):
+            raise RuntimeError("no C compiler")
+        speed = 2.0 if overrides.get("training.bf16") else 1.0
+        return {"train": 10.0 * speed, "eval": 30.0, "end_to_end_s": 5.0 / speed}
+
+    monkeypatch.setattr(switches, "build_workload", lambda scenario, settings: Workload())
+    monkeypatch.setattr(switches, "hf_transfer_once", fake_run)
+    settings = BenchSettings(repeats=2, shared=tmp_path)
+    report = switches.run_switch_benchmarks(["text_full_ft"], settings, tmp_path / "s.json")
+    rows = report["scenarios"][0]["switches"]
+    assert "channels_last_off" not in rows  # an image-only switch
+    assert rows["bf16"]["vs_defaults"] == 2.0 and rows["defaults"]["vs_defaults"] == 1.0
+    assert rows["torch_compile"]["samples_per_s"] is None and "no C compiler" in rows["torch_compile"]["error"]
+    # second repeat runs in reverse order; the failed switch is not retried
+    assert [c.get("training.bf16", False) for c in calls] == [False, False, True, True, False]
+    assert json.loads((tmp_path / "s.json").read_text())["scenarios"][0]["name"] == "text_full_ft"
+    assert "| text_full_ft | bf16 | 20.0 | 2.0 |" in switches.switches_table(report)

@@ -73,17 +73,22 @@ def test_an_unreadable_cache_file_is_computed_again(tmp_path, caplog):
 
 
 def test_text_linear_probe_reuses_features_and_saves_a_model_pipeline_agrees_with(
-        tiny_bert_dir, text_csv_data, tmp_path, cache):
+        tiny_bert_dir, text_csv_data, tmp_path, cache, monkeypatch):
     import pandas as pd
     from transformers import pipeline
+
+    import hf_transfer.features as features
 
     first = finetune(text_recipe(tiny_bert_dir, text_csv_data, tmp_path / "a", strategy="linear_probe")).metrics
     assert first["feature_cache"]["hits"] == {"train": False, "validation": False, "test": False}
     assert len(list(cache.glob("*.safetensors"))) == 3
+    checks = []
+    monkeypatch.setattr(features, "adapter_reproduces_model", lambda *a: checks.append(a) or True)
     second = finetune(text_recipe(tiny_bert_dir, text_csv_data, tmp_path / "b", strategy="linear_probe")).metrics
     assert second["feature_cache"]["hits"] == {"train": True, "validation": True, "test": True}
     assert second["test"]["confusion_matrix"] == first["test"]["confusion_matrix"]
     assert second["validation"]["loss"] == pytest.approx(first["validation"]["loss"], rel=1e-6)
+    assert checks == []  # the adapter was checked on this backbone by the first run
 
     test = pd.read_csv(text_csv_data / "test.csv")
     predicted = [p["label"] for p in pipeline("text-classification", model=str(tmp_path / "b"))(list(test["text"]))]

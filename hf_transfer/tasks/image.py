@@ -85,15 +85,23 @@ def data_config(model: PreTrainedModel, image_size: int | None = None, crop_pct:
     return resolve_data_config(pretrained_cfg=pretrained_cfg, verbose=False)
 
 
-def create_transforms(config: dict[str, Any], augmentation: AugmentationSection):
+def create_transforms(config: dict[str, Any], augmentation: AugmentationSection, uint8_output: bool = False):
+    """timm's train and eval transforms for ``config``.
+
+    ``uint8_output``: end with uint8 tensors and leave ``ToTensor``/``Normalize`` to ``ImageCollator``, which
+    does them once per batch (timm's "prefetcher" split). Per image they cost more than decoding and resizing
+    a small image together. Random erasing works on normalised pixels, so a train transform that erases keeps
+    the per-image path.
+    """
     from timm.data import create_transform
 
     crop = {} if augmentation.random_resized_crop else {"scale": (1.0, 1.0), "ratio": (1.0, 1.0)}
     train = create_transform(
         **config, is_training=True, hflip=augmentation.hflip, vflip=augmentation.vflip,
         auto_augment=augmentation.auto_augment, color_jitter=augmentation.color_jitter,
-        re_prob=augmentation.re_prob, **({"scale": tuple(augmentation.scale)} | crop))
-    return train, create_transform(**config, is_training=False)
+        re_prob=augmentation.re_prob, use_prefetcher=uint8_output and not augmentation.re_prob,
+        **({"scale": tuple(augmentation.scale)} | crop))
+    return train, create_transform(**config, is_training=False, use_prefetcher=uint8_output)
 
 
 class ImageBatchTransform:
@@ -124,8 +132,33 @@ class ImageBatchTransform:
 
 
 def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack already normalised float images (no normalisation here)."""
     return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
             "labels": torch.tensor([e[LABEL] for e in examples], dtype=torch.long)}
+
+
+class ImageCollator:
+    """Stacks a batch and normalises uint8 images in one tensor operation per step.
+
+    The arithmetic is torchvision's ``ToTensor`` + ``Normalize`` (divide by 255, subtract the mean, divide by
+    the std), so the pixels equal the per-image transform's bit for bit. Float images (a train transform
+    with random erasing) arrive normalised and are only stacked.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool = False) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.channels_last = channels_last
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = collate_images(examples)
+        pixels = batch["pixel_values"]
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float().div_(255).sub_(self.mean).div_(self.std)
+        if self.channels_last:  # the layout the model's convolutions use: no conversion inside the model
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        batch["pixel_values"] = pixels
+        return batch
 
 
 def _strip_wrapper_prefix(weights: Path, prefix: str = "timm_model.") -> None:
@@ -171,7 +204,7 @@ class ImageClassification:
     def model_inputs(self, recipe: Recipe, data: PreparedData, model: PreTrainedModel, processor: Any) -> ModelInputs:
         augmentation = recipe.data.augmentation
         config = data_config(model, None)
-        train_transform, eval_transform = create_transforms(config, augmentation)
+        train_transform, eval_transform = create_transforms(config, augmentation, uint8_output=True)
         column = data.columns["image"]
 
         def lazy(split, transform, name: str):
@@ -189,7 +222,8 @@ class ImageClassification:
 
             mixup = Mixup(mixup_alpha=augmentation.mixup_alpha, cutmix_alpha=augmentation.cutmix_alpha,
                           label_smoothing=0.0, num_classes=len(data.label_names))
-        return ModelInputs(train=train, validation=validation, test=test, collator=collate_images, mixup=mixup)
+        collator = ImageCollator(config["mean"], config["std"], channels_last=recipe.model.channels_last)
+        return ModelInputs(train=train, validation=validation, test=test, collator=collator, mixup=mixup)
 
     def save_processor(self, processor: Any, model: PreTrainedModel, directory: Path) -> None:
         """timm models keep preprocessing in ``config.json``; add ``id2label``/``label2id`` there too."""

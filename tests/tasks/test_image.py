@@ -11,7 +11,7 @@ from hf_transfer.data.prepare import prepare_data
 from hf_transfer.errors import ModelError
 from hf_transfer.recipe import Recipe
 from hf_transfer.tasks.base import get_task
-from hf_transfer.tasks.image import collate_images, data_config, to_rgb
+from hf_transfer.tasks.image import create_transforms, data_config, to_rgb
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -137,8 +137,30 @@ def test_model_inputs_transform_images_to_model_size(tiny_timm_dir, image_folder
     model, processor = task.load_model(recipe, data.label_names)
     inputs = task.model_inputs(recipe, data, model, processor)
     assert inputs.mixup is None
-    batch = collate_images([inputs.train[i] for i in range(4)])
+    batch = inputs.collator([inputs.train[i] for i in range(4)])
     assert batch["pixel_values"].shape == (4, 3, 32, 32)
+    assert batch["pixel_values"].dtype == torch.float32
     assert batch["labels"].dtype == torch.long
-    evaluated = collate_images([inputs.test[i] for i in range(len(inputs.test))])
+    evaluated = inputs.collator([inputs.test[i] for i in range(len(inputs.test))])
     assert evaluated["labels"].tolist() == list(data.test["labels"])
+
+
+@pytest.mark.parametrize("re_prob", [0.0, 0.5])
+def test_batched_normalisation_equals_timms_per_image_transform(tiny_timm_dir, image_folder_data, re_prob):
+    """The collator normalises uint8 batches; the pixels must be exactly what timm's own transform gives."""
+    recipe = image_recipe(tiny_timm_dir, image_folder_data, image_size=32).replace(
+        {"data.augmentation.re_prob": re_prob})
+    task = get_task("image-classification")
+    data = prepare_data(recipe.data, task.input_roles, seed=0)
+    model, processor = task.load_model(recipe, data.label_names)
+    inputs = task.model_inputs(recipe, data, model, processor)
+    examples = [inputs.test[i] for i in range(len(inputs.test))]
+    assert all(e["pixel_values"].dtype == torch.uint8 for e in examples)  # normalised per batch, not per image
+    _, per_image = create_transforms(data_config(model), recipe.data.augmentation)
+    expected = torch.stack([per_image(to_rgb(image)) for image in data.test[data.columns["image"]]])
+    pixels = inputs.collator(examples)["pixel_values"]
+    assert torch.equal(pixels, expected)
+    assert pixels.is_contiguous(memory_format=torch.channels_last)
+    train_pixels = inputs.train[0]["pixel_values"]
+    # random erasing works on normalised pixels: that train transform stays per image
+    assert train_pixels.dtype == (torch.float32 if re_prob else torch.uint8)
