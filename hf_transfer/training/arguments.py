@@ -140,6 +140,8 @@ def build_training_arguments(training: dict[str, Any], output_dir: Path, task_de
         import torch
 
         values["dataloader_pin_memory"] = torch.cuda.is_available()
+    if values.get("dataloader_num_workers") and "dataloader_persistent_workers" not in training:
+        values["dataloader_persistent_workers"] = True  # no worker start-up again at every epoch and evaluation
     if values.get("eval_strategy") != values.get("save_strategy") and values.get("load_best_model_at_end"):
         values["save_strategy"] = values["eval_strategy"]
     try:
