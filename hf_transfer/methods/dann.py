@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.prepare import LABEL, prepare_data
 from ..data.sampling import per_class_indices
@@ -21,6 +25,8 @@ from ..recipe import DataSection
 from ..tasks.base import get_task
 from . import register_method
 from .base import Method, classifier_layer, unwrap
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,7 +99,9 @@ class DANN(Method):
     learns to tell source from target pooled features, and the reversed gradient trains the backbone to
     make them indistinguishable, so the label classifier learnt on source transfers to the target. Pooled
     features are read by a hook on the input of the final classification layer, which works for timm and
-    transformers backbones alike. The domain classifier lives outside the model and is never saved.
+    transformers backbones alike. The domain classifier lives outside the model: it is not part of the saved
+    model folder, but every checkpoint carries it so that a resumed run goes on with it (target batches are
+    drawn afresh after a resume, so such a run is close to, not identical with, an uninterrupted one).
     """
 
     Options = DannOptions
@@ -108,6 +116,7 @@ class DANN(Method):
         self.unlabelled: Iterator | None = None
         self.labelled: Iterator | None = None
         self.coefficient = 0.0
+        self._labelled_indices: list[int] | None = None
 
     def setup(self, recipe, data, trainer) -> None:
         self.trainer = trainer
@@ -116,11 +125,18 @@ class DANN(Method):
         layer.register_forward_pre_hook(self._capture)
         self.discriminator = domain_classifier(layer.in_features, self.options.hidden_size).to(trainer.args.device)
         self.target_inputs, target = self._target_inputs(recipe, data, trainer)
-        seed = int(trainer.args.seed)
-        self.unlabelled = endless(self._loader(self.target_inputs.train, trainer, seed))
-        if self.options.target_labelled_per_class:
-            indices = per_class_indices(list(target.train[LABEL]), self.options.target_labelled_per_class, seed)
-            self.labelled = endless(self._loader(self.target_inputs.train.select(indices), trainer, seed + 1))
+        self._labelled_indices = (per_class_indices(list(target.train[LABEL]), self.options.target_labelled_per_class,
+                                                    int(trainer.args.seed))
+                                  if self.options.target_labelled_per_class else None)
+        self.start_target_batches(resumed_at_step=0)
+
+    def start_target_batches(self, resumed_at_step: int) -> None:
+        """Endless shuffled target loaders; a resumed run seeds them with its step so it does not replay the start."""
+        seed = int(self.trainer.args.seed) + 1000 * resumed_at_step
+        self.unlabelled = endless(self._loader(self.target_inputs.train, self.trainer, seed))
+        if self._labelled_indices is not None:
+            labelled = self.target_inputs.train.select(self._labelled_indices)
+            self.labelled = endless(self._loader(labelled, self.trainer, seed + 1))
 
     def _target_inputs(self, recipe, data, trainer):
         source = recipe.data
@@ -173,7 +189,7 @@ class DANN(Method):
         return [{"params": list(self.discriminator.parameters()), "lr": lr, "weight_decay": weight_decay}]
 
     def callbacks(self) -> list[TrainerCallback]:
-        return [_SingleProcessOnly()]
+        return [_SingleProcessOnly(), DomainClassifierCheckpoint(self)]
 
     def extra_metrics(self, trainer, label_names: list[str]) -> dict[str, Any]:
         from ..training.run import evaluate_split
@@ -183,6 +199,34 @@ class DANN(Method):
         if self.target_inputs.test is not None:
             metrics["target_test"] = evaluate_split(trainer, self.target_inputs.test, label_names, "target_test")
         return metrics
+
+
+class DomainClassifierCheckpoint(TrainerCallback):
+    """Writes the domain classifier into each checkpoint folder and loads it back when training resumes."""
+
+    FILE = "dann_domain_classifier.safetensors"
+
+    def __init__(self, method: DANN) -> None:
+        self.method = method
+
+    def path(self, args, state) -> Path:
+        return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / self.FILE
+
+    def on_save(self, args, state, control, **kwargs):
+        path = self.path(args, state)
+        if state.is_world_process_zero and path.parent.is_dir():
+            weights = {k: v.detach().contiguous().cpu() for k, v in self.method.discriminator.state_dict().items()}
+            save_file(weights, path)  # before the checkpoint's manifest is written: the manifest lists it
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            return
+        path = self.path(args, state)
+        if path.is_file():
+            self.method.discriminator.load_state_dict(load_file(path, device=str(args.device)))
+        else:
+            logger.warning("Checkpoint %s has no %s; the domain classifier starts afresh.", path.parent, self.FILE)
+        self.method.start_target_batches(resumed_at_step=state.global_step)
 
 
 class _SingleProcessOnly(TrainerCallback):

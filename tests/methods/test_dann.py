@@ -119,3 +119,35 @@ def test_text_run_with_bert_features(tiny_bert_dir, text_csv_data, tmp_path):
     result = finetune(recipe)
     assert result.metrics["target_test"]["num_samples"] == 8
     assert any("loss_adv" in e for e in result.trainer.state.log_history)
+
+
+def test_checkpoints_carry_the_domain_classifier_and_a_resume_restores_it(tiny_timm_dir, image_folder_data,
+                                                                        shifted_images, tmp_path):
+    from safetensors.torch import load_file as read
+    from transformers import TrainerState
+
+    from hf_transfer.data.prepare import prepare_data
+    from hf_transfer.methods.dann import DomainClassifierCheckpoint
+    from hf_transfer.tasks.base import get_task
+    from hf_transfer.training.run import build_trainer
+
+    out = tmp_path / "run"
+    recipe = image_dann_recipe(tiny_timm_dir, image_folder_data, shifted_images, out).replace(
+        {"output.keep_checkpoints": True, "training.load_best_model_at_end": False})
+    trained = finetune(recipe).trainer
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
+    assert checkpoints and all((c / DomainClassifierCheckpoint.FILE).is_file() for c in checkpoints)
+    last = checkpoints[-1]
+    saved = read(last / DomainClassifierCheckpoint.FILE)
+    final = trained.method.discriminator.state_dict()
+    assert all(torch.equal(saved[k], final[k]) for k in final)  # the last checkpoint is the end of training
+
+    recipe = image_dann_recipe(tiny_timm_dir, image_folder_data, shifted_images, tmp_path / "again")
+    resumed = build_trainer(recipe, prepare_data(recipe.data, get_task(recipe.task).input_roles, 42), out / "checkpoints")
+    fresh = {k: v.clone() for k, v in resumed.method.discriminator.state_dict().items()}
+    assert not all(torch.equal(fresh[k], saved[k]) for k in saved)
+    callback = next(c for c in resumed.callback_handler.callbacks if isinstance(c, DomainClassifierCheckpoint))
+    state = TrainerState(global_step=int(last.name.split("-")[1]))
+    callback.on_train_begin(resumed.args, state, resumed.control)
+    restored = resumed.method.discriminator.state_dict()
+    assert all(torch.equal(restored[k], saved[k]) for k in saved)
