@@ -75,7 +75,10 @@ def maximise_evidence(spectrum: Spectrum, target: np.ndarray) -> tuple[float, fl
 def logme(features, labels, source_probs=None) -> float:
     """LogME (You et al., ICML 2021): mean over classes of the maximised log evidence per example."""
     features, labels = as_arrays(features, labels)
-    spectrum = Spectrum.of(features)
+    # The maximised evidence is invariant to a global scale of F (alpha absorbs it), but the fixed point is not
+    # in floating point: random-init backbones give features of ~1e-22. Unit RMS row norm keeps it well posed.
+    scale = np.sqrt(np.mean(np.sum(features ** 2, axis=1)))
+    spectrum = Spectrum.of(features / scale if scale > 0 else features)
     evidences = []
     for label in np.unique(labels):
         target = (labels == label).astype(np.float64)

@@ -46,6 +46,12 @@ def test_accepts_tensors_and_ignores_the_order_of_examples(toy, name):
     assert compute_score(name, torch.tensor(separable[order]), torch.tensor(labels[order])) == pytest.approx(as_numpy)
 
 
+@pytest.mark.parametrize("scale", [1e-22, 1e6])
+def test_logme_ignores_a_global_scale_of_the_features(toy, scale):
+    labels, separable, _, _ = toy  # random-init backbones give features of ~1e-22: same evidence, in theory and here
+    assert compute_score("logme", separable * scale, labels) == pytest.approx(compute_score("logme", separable, labels))
+
+
 @pytest.mark.parametrize("shape", [(30, 8), (12, 40)])
 def test_logme_evidence_is_the_gaussian_marginal_likelihood_at_its_maximum(shape):
     from scipy.stats import multivariate_normal
