@@ -12,20 +12,23 @@ def _by_class(labels: Sequence[int]) -> dict[int, np.ndarray]:
     return {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
 
 
-def stratified_indices(labels: Sequence[int], size: int, seed: int) -> list[int]:
+def stratified_indices(labels: Sequence[int], size: int, seed: int, every_class: bool = False) -> list[int]:
     """``size`` indices whose class proportions follow ``labels`` (largest remainders), sorted.
 
-    ``datasets.train_test_split(stratify_by_column=...)`` needs at least one example per class
-    in both parts, which fails for small subsets of many-class data; this does not.
+    ``every_class``: one example of each class first (when ``size`` allows), the rest proportionally, so a
+    small subset of imbalanced data still has every label. ``datasets.train_test_split(stratify_by_column=...)``
+    needs at least one example per class in both parts, which fails for small subsets of many-class data.
     """
     rng = np.random.default_rng(seed)
     groups = _by_class(labels)
     total = sum(len(g) for g in groups.values())
     if size >= total:
         return list(range(total))
-    quotas = {c: size * len(g) / total for c, g in groups.items()}
-    counts = {c: int(q) for c, q in quotas.items()}
-    for c in sorted(quotas, key=lambda c: quotas[c] - counts[c], reverse=True)[: size - sum(counts.values())]:
+    floor = 1 if every_class and size >= len(groups) else 0
+    spread, pool = size - floor * len(groups), total - floor * len(groups)
+    quotas = {c: spread * (len(g) - floor) / pool for c, g in groups.items()}
+    counts = {c: floor + int(q) for c, q in quotas.items()}
+    for c in sorted(quotas, key=lambda c: quotas[c] - int(quotas[c]), reverse=True)[: size - sum(counts.values())]:
         counts[c] += 1
     chosen = [rng.permutation(groups[c])[: counts[c]] for c in groups]
     return sorted(int(i) for i in np.concatenate(chosen))

@@ -20,9 +20,9 @@ VARIANTS = ("pretrained", "scratch")
 
 
 def fraction_indices(labels: Sequence[int], fraction: float, seed: int) -> list[int]:
-    """A stratified subset of ``fraction`` of the rows (largest remainders), never fewer rows than classes."""
+    """A stratified subset of ``fraction`` of the rows with at least one example of every class."""
     size = max(len(set(labels)), round(fraction * len(labels)))
-    return stratified_indices(labels, size, seed)
+    return stratified_indices(labels, size, seed, every_class=True)
 
 
 def _fraction_name(fraction: float) -> str:

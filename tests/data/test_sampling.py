@@ -72,3 +72,15 @@ def test_stratified_split_seeded():
     assert stratified_split(LABELS, 0.2, seed=5) == stratified_split(LABELS, 0.2, seed=5)
     assert stratified_split(LABELS, 0.2, seed=5)[1] != stratified_split(LABELS, 0.2, seed=6)[1]
 
+
+
+def test_every_class_keeps_rare_labels_in_small_subsets():
+    labels = [0] * 90 + [1] * 5 + [2] * 5
+    plain = [labels[i] for i in stratified_indices(labels, 10, seed=0)]
+    assert sorted(set(plain)) != [0, 1, 2]  # proportional quotas give a 5 % class half an example
+    chosen = stratified_indices(labels, 10, seed=0, every_class=True)
+    picked = [labels[i] for i in chosen]
+    assert len(chosen) == 10 and len(set(chosen)) == 10
+    assert sorted(set(picked)) == [0, 1, 2] and picked.count(0) == 8
+    # fewer rows than classes: the floor cannot apply, the size still holds
+    assert len(stratified_indices(labels, 2, seed=0, every_class=True)) == 2
