@@ -153,7 +153,7 @@ class StrategySection:
 
     @classmethod
     def from_mapping(cls, data: Any) -> "StrategySection":
-        from .strategies import STRATEGIES, get_strategy
+        from .strategies import STRATEGIES
 
         if data is None:
             data = {}
@@ -163,11 +163,7 @@ class StrategySection:
             raise RecipeError(f"'strategy' must be a mapping like {{name: full}}; got {data!r}.")
         data = dict(data)
         name = str(data.pop("name", "full"))
-        if name not in STRATEGIES:
-            hint = closest(name, STRATEGIES)
-            raise RecipeError(f"Unknown strategy '{name}'." + (f" Did you mean '{hint}'?" if hint else "")
-                              + f" Available: {', '.join(sorted(STRATEGIES))}.")
-        options = from_dict(get_strategy(name).Options, data, "strategy.")
+        options = from_dict(STRATEGIES.lookup(name).Options, data, "strategy.")
         return cls(name=name, options=options)
 
     def to_mapping(self) -> dict[str, Any]:
@@ -183,7 +179,7 @@ class MethodSection:
 
     @classmethod
     def from_mapping(cls, data: Any) -> "MethodSection":
-        from .methods import METHODS, get_method
+        from .methods import METHODS
 
         if data is None:
             return cls()
@@ -193,13 +189,9 @@ class MethodSection:
             raise RecipeError(f"'method' must be a mapping like {{name: l2sp, alpha: 0.1}}; got {data!r}.")
         data = dict(data)
         if data.get("name") is None:
-            raise RecipeError(f"'method.name' is missing. Available: {', '.join(sorted(METHODS))}.")
+            raise RecipeError(f"'method.name' is missing. Available: {METHODS.available()}.")
         name = str(data.pop("name"))
-        if name not in METHODS:
-            hint = closest(name, METHODS)
-            raise RecipeError(f"Unknown method '{name}'." + (f" Did you mean '{hint}'?" if hint else "")
-                              + f" Available: {', '.join(sorted(METHODS))}.")
-        return cls(name=name, options=from_dict(get_method(name).Options, data, "method."))
+        return cls(name=name, options=from_dict(METHODS.lookup(name).Options, data, "method."))
 
     def to_mapping(self) -> dict[str, Any] | None:
         return None if self.name is None else {"name": self.name, **to_dict(self.options)}

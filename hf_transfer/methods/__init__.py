@@ -7,20 +7,13 @@ subclass decorated by ``@register_method("name")`` and one import line below.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
+from ..registry import Registry
 from .base import Method
 
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    def decorate(cls: type[Method]) -> type[Method]:
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-
-    return decorate
+METHODS: Registry[type[Method]] = Registry("method")
+register_method = METHODS.register
 
 
 def get_method(name: str) -> type[Method]:

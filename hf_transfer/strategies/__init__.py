@@ -6,20 +6,11 @@ Adding a strategy is one new module with a ``Strategy`` subclass decorated by
 
 from __future__ import annotations
 
-from typing import Callable
-
+from ..registry import Registry
 from .base import Strategy
 
-STRATEGIES: dict[str, type[Strategy]] = {}
-
-
-def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
-    def decorate(cls: type[Strategy]) -> type[Strategy]:
-        cls.name = name
-        STRATEGIES[name] = cls
-        return cls
-
-    return decorate
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+register_strategy = STRATEGIES.register
 
 
 def get_strategy(name: str) -> type[Strategy]:
