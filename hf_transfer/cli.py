@@ -85,11 +85,11 @@ def cmd_bench(args) -> int:
     if not (shared / "data").is_dir():
         raise RecipeError(f"'{shared}' holds no data/ folder; pass --shared pointing at the benchmark data and models.")
     settings = BenchSettings.quick(shared) if args.quick else BenchSettings(shared=shared)
-    for name in ("steps", "repeats", "eval_samples"):
+    for name in ("steps", "repeats", "eval_samples", "bf16"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     if args.switches:
-        from .bench_switches import DEFAULT_SCENARIOS, run_switch_benchmarks, switches_table
+        from .bench.switches import DEFAULT_SCENARIOS, run_switch_benchmarks, switches_table
 
         report = run_switch_benchmarks(args.scenarios or list(DEFAULT_SCENARIOS), settings, Path(args.output))
         print(switches_table(report))
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, help="training steps per epoch (default 24; --quick 6)")
     bench.add_argument("--repeats", type=int, help="interleaved repeats; the report gives medians (default 3)")
     bench.add_argument("--eval-samples", type=int, help="validation examples evaluated (default 512)")
+    bench.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                       help="precision of every runner (default: bf16 where hf-transfer turns it on, i.e. bf16 GPUs)")
     bench.add_argument("--switches", action="store_true",
                        help="measure the recipe path with channels_last off, torch.compile and bf16 against its "
                             "defaults (default scenarios: image_full_ft text_full_ft)")

@@ -48,7 +48,7 @@ def test_unknown_scenario_is_a_user_error(tmp_path, capsys):
 def test_switches_are_interleaved_compared_to_the_defaults_and_failures_reported(monkeypatch, tmp_path):
     import json
 
-    import hf_transfer.bench_switches as switches
+    import hf_transfer.bench.switches as switches
     from hf_transfer.bench import BenchSettings
 
     class Workload:

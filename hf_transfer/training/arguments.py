@@ -108,6 +108,17 @@ def default_num_workers() -> int:
     return 0 if cores <= 4 else min(4, cores // 8 + 1)
 
 
+def bf16_pays() -> bool:
+    """bf16 autocast by default only on GPUs with bf16 arithmetic (Ampere and later).
+
+    On CPUs without native bf16 (no AVX512-BF16/AMX) it is emulated: MobileNetV2 trained at 1.1 img/s
+    instead of 31 on the 2-core development machine. ``training.bf16``/``fp16`` in a recipe always win.
+    """
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def multi_process_cpu() -> bool:
     """Several processes (torchrun) and no accelerator: DDP over gloo on the CPU."""
     import torch
@@ -140,6 +151,8 @@ def build_training_arguments(training: dict[str, Any], output_dir: Path, task_de
         import torch
 
         values["dataloader_pin_memory"] = torch.cuda.is_available()
+    if "bf16" not in training and "fp16" not in training and bf16_pays():
+        values["bf16"] = True
     if values.get("dataloader_num_workers") and "dataloader_persistent_workers" not in training:
         values["dataloader_persistent_workers"] = True  # no worker start-up again at every epoch and evaluation
     if values.get("eval_strategy") != values.get("save_strategy") and values.get("load_best_model_at_end"):

@@ -33,3 +33,14 @@ def test_evaluation_and_saving_follow_each_other_when_the_best_model_is_kept(tmp
 def test_impossible_combinations_are_recipe_errors(tmp_path):
     with pytest.raises(RecipeError, match="Invalid 'training' section"):
         build_training_arguments({"lr_scheduler_type": "no-such-schedule"}, tmp_path, {})
+
+
+def test_bf16_by_default_only_where_it_pays(tmp_path, monkeypatch):
+    import hf_transfer.training.arguments as arguments
+
+    cpu = {"use_cpu": True}  # TrainingArguments accepts bf16 without a GPU only when told it runs on the CPU
+    monkeypatch.setattr(arguments, "bf16_pays", lambda: False)
+    assert build_training_arguments(cpu, tmp_path, {}).bf16 is False
+    monkeypatch.setattr(arguments, "bf16_pays", lambda: True)
+    assert build_training_arguments(cpu, tmp_path, {}).bf16 is True
+    assert build_training_arguments({**cpu, "bf16": False}, tmp_path, {}).bf16 is False  # the recipe wins

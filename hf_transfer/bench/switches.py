@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bench import SCENARIOS, BenchSettings, build_workload, environment, hf_transfer_once
+from .report import environment
+from .runners import build_workload, hf_transfer_once
+from .scenarios import SCENARIOS, BenchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +30,20 @@ class Switch:
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
     tasks: tuple[str, ...] = (IMAGE, TEXT)
+    cpu_overrides: dict[str, Any] = field(default_factory=dict)
+    """Added without a GPU (``TrainingArguments`` takes bf16 on a CPU only with ``use_cpu``)."""
+
+    def resolved(self) -> dict[str, Any]:
+        import torch
+
+        return {**self.overrides, **({} if torch.cuda.is_available() else self.cpu_overrides)}
 
 
 SWITCHES: dict[str, Switch] = {s.name: s for s in (
     Switch("defaults"),
     Switch("channels_last_off", {"model.channels_last": False}, tasks=(IMAGE,)),
     Switch("torch_compile", {"training.torch_compile": True}),
-    Switch("bf16", {"training.bf16": True}),
+    Switch("bf16", {"training.bf16": True}, cpu_overrides={"training.use_cpu": True}),
 )}
 
 DEFAULT_SCENARIOS = ("image_full_ft", "text_full_ft")
@@ -56,7 +65,7 @@ def measure_switches(scenario_name: str, settings: BenchSettings) -> dict[str, A
             if switch.name in errors:
                 continue
             try:
-                result = hf_transfer_once(workload, switch.overrides)
+                result = hf_transfer_once(workload, switch.resolved())
             except Exception as error:  # reported in the JSON: a switch this machine cannot run
                 errors[switch.name] = f"{type(error).__name__}: {error}"[:500]
                 logger.warning("%s with %s failed: %s", scenario_name, switch.name, errors[switch.name])
@@ -70,7 +79,7 @@ def measure_switches(scenario_name: str, settings: BenchSettings) -> dict[str, A
     for switch in switches:
         rate = _median(samples[switch.name][kind])
         rows[switch.name] = {
-            "overrides": switch.overrides, "samples_per_s": rate,
+            "overrides": switch.resolved(), "samples_per_s": rate,
             "eval_samples_per_s": _median(samples[switch.name]["eval"]),
             "end_to_end_s": _median(samples[switch.name]["end_to_end_s"]),
             "vs_defaults": round(rate / baseline, 3) if rate and baseline else None,
@@ -84,7 +93,7 @@ def run_switch_benchmarks(names: list[str], settings: BenchSettings, output) -> 
     """Measure every switch on ``names`` and write the JSON report to ``output`` (atomically, as it goes)."""
     import json
 
-    from .training.outputs import write_atomic
+    from ..training.outputs import write_atomic
 
     report = {"env": environment(), "settings": {k: str(v) for k, v in vars(settings).items()}, "scenarios": []}
     started = time.perf_counter()
