@@ -61,6 +61,10 @@ class HeadAdapter(ABC):
     def logits(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
         """The trainable part, applied to cached features."""
 
+    @abstractmethod
+    def head_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The modules ``logits`` runs: all that a training step over cached features needs to see."""
+
 
 class TimmPooledHead(HeadAdapter):
     """timm models: ``forward_head(pre_logits=True)`` is exactly the classifier's input."""
@@ -77,6 +81,9 @@ class TimmPooledHead(HeadAdapter):
 
     def logits(self, model, features):
         return model.timm_model.get_classifier()(features)
+
+    def head_modules(self, model):
+        return [model.timm_model.get_classifier()]
 
 
 class FirstTokenHead(HeadAdapter):
@@ -99,6 +106,10 @@ class FirstTokenHead(HeadAdapter):
     def logits(self, model, features):
         pooler = getattr(model.base_model, "pooler", None)
         return model.classifier(pooler(features) if pooler is not None else features)
+
+    def head_modules(self, model):
+        pooler = getattr(model.base_model, "pooler", None)
+        return [pooler, model.classifier] if pooler is not None else [model.classifier]
 
 
 HEAD_ADAPTERS: tuple[type[HeadAdapter], ...] = (TimmPooledHead, FirstTokenHead)
@@ -214,11 +225,17 @@ def cached_features(key: str, compute: Callable[[], torch.Tensor], directory: Pa
 # ------------------------------------------------------------------------------------ training the head
 
 class CachedHeadModel(nn.Module):
-    """The model's own head, fed cached features; the full model is kept for saving afterwards."""
+    """The model's own head, fed cached features; the full model is kept for saving afterwards.
+
+    Only the head's modules are registered as children: ``Trainer`` walks the module tree at every step
+    (``train()``, ``zero_grad``, gradient clipping), and walking a frozen backbone's hundreds of modules
+    took longer than the head's own forward and backward.
+    """
 
     def __init__(self, model: nn.Module, adapter: HeadAdapter) -> None:
         super().__init__()
-        self.model = model
+        self.head = nn.ModuleList(adapter.head_modules(model))
+        object.__setattr__(self, "model", model)  # outside the module tree (shares the head's modules)
         self.adapter = adapter
         self.config = model.config
 
@@ -323,6 +340,7 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
             logger.info("Feature cache off: %s.", reason)
         return None
     started = time.perf_counter()
+    model.to(args.device)  # extraction runs where training would (the Trainer moves only the head later)
     adapter = head_adapter_for(model)
     backbone = backbone_digest(model, strategy.layout.head) if adapter is not None else ""
     if adapter is None or not _adapter_checked(model, adapter, backbone, inputs):
