@@ -110,6 +110,9 @@ def test_image_linear_probe_matches_the_uncached_run(tiny_timm_dir, image_folder
     assert "feature_cache" in cached and "feature_cache" not in plain
     assert cached["test"]["confusion_matrix"] == plain["test"]["confusion_matrix"]
     assert cached["test"]["loss"] == pytest.approx(plain["test"]["loss"], rel=1e-3)
+    again = finetune(image_recipe(tiny_timm_dir, image_folder_data, tmp_path / "again", **common)).metrics
+    assert again["feature_cache"]["hits"]["train"] and not cached["feature_cache"]["hits"]["train"]
+    assert again["test"]["loss"] == cached["test"]["loss"]  # extracting features does not change the run
 
 
 def test_augmentation_turns_the_cache_off_and_says_why(tiny_timm_dir, image_folder_data, tmp_path, cache, caplog):

@@ -159,6 +159,8 @@ def run_naive_trainer(workload: Workload) -> dict[str, float]:
 
 def hf_transfer_once(workload: Workload, overrides: dict[str, Any] | None = None) -> dict[str, float]:
     """One recipe-path run; ``overrides`` are recipe fields (``{"training.bf16": True}``)."""
+    from transformers import set_seed
+
     from ..training.run import build_trainer
 
     recipe = workload.recipe.replace({"training.max_steps": workload.train_steps, "training.eval_strategy": "no",
@@ -169,6 +171,7 @@ def hf_transfer_once(workload: Workload, overrides: dict[str, Any] | None = None
     clock = StepClock(workload.settings.warmup_steps)
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
+        set_seed(int(recipe.training.get("seed", 42)))  # as finetune() does: the new head starts the same each run
         trainer = build_trainer(recipe, workload.data, Path(scratch))  # frozen backbone: features extracted here
         trainer.add_callback(clock_callback(clock))
         result: dict[str, float] = {}
