@@ -317,7 +317,7 @@ def cache_disabled_reason(recipe, strategy, world_size: int) -> str | None:
     return None
 
 
-def _preprocessing(recipe, data, model, processor) -> str:
+def preprocessing_description(recipe, data, model, processor) -> str:
     """Everything besides weights and rows that changes the features."""
     description: dict[str, Any] = {"task": recipe.task, "columns": data.columns}
     if recipe.task == "image-classification":
@@ -347,7 +347,7 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
         logger.info("Feature cache off: no head adapter reproduces %s's logits from pooled features.",
                     type(model).__name__)
         return None
-    preprocessing = _preprocessing(recipe, data, model, processor)
+    preprocessing = preprocessing_description(recipe, data, model, processor)
     sets: dict[str, FeatureSet | None] = {}
     hits: dict[str, bool] = {}
     for name in ("train", "validation", "test"):

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from .config_utils import from_dict, to_dict
 from .errors import RecipeError
-from .recipe import Recipe
+from .recipe import AUTO, Recipe
 from .training.outputs import METRICS_FILE, RunFolder, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,9 @@ def resolve_stages(data: dict[str, Any]) -> Recipe:
             recipe = Recipe.from_dict({**merged, "name": name, "output": output})
         except RecipeError as error:
             raise RecipeError(f"{where} ({name}): {error}") from None
+        if recipe.model.name_or_path == AUTO:
+            raise RecipeError(f"'{where}' ({name}): model.name_or_path: auto is not supported inside stages; rank the "
+                              "candidates first (hf-transfer rank) and name the winner.")
         stages.append(Stage(name=name, recipe=recipe, transfer=section))
     final = Recipe.from_dict({**merged, "name": top_name, "output": {**(merged.get("output") or {}), "dir": str(root)}})
     final.stages = stages

@@ -148,8 +148,8 @@ def candidate_features(candidate: Candidate, recipe: Recipe, data: PreparedData,
     """Frozen features of ``split`` (cached on disk) and the source head's probabilities on them."""
     from transformers import set_seed
 
-    from ..features import (_preprocessing, adapter_reproduces_model, backbone_digest, cached_features,
-                            extract_features, feature_key, head_adapter_for)
+    from ..features import (adapter_reproduces_model, backbone_digest, cached_features, extract_features,
+                            feature_key, head_adapter_for, preprocessing_description)
     from ..models.layout import discover_layout
     from ..models.sources import resolve_model_source
     from ..tasks.base import get_task
@@ -174,7 +174,7 @@ def candidate_features(candidate: Candidate, recipe: Recipe, data: PreparedData,
         raise ModelError(f"Candidate '{candidate.spec}': no head adapter splits {type(model).__name__} into "
                          "features and head, so its frozen features cannot be scored.")
     key = feature_key(adapter, backbone_digest(model, layout.head), split._fingerprint,
-                      _preprocessing(run, only, model, processor))
+                      preprocessing_description(run, only, model, processor))
     batch_size = int(recipe.training.get("per_device_eval_batch_size", 64))
     features, hit = cached_features(key, lambda: extract_features(
         model, adapter, inputs.validation, inputs.collator, batch_size, description=candidate.spec))

@@ -51,6 +51,8 @@ def test_stages_inherit_sections_and_take_list_index_overrides(tiny_timm_dir, im
     ({"transfer": {"carry": "everything"}}, "stages.1.transfer.carry"),
     ({"model": {"name_or_path": "other"}}, "stages.1.model.name_or_path"),
     ({"data": {"max_train_samples": -1}}, r"stages.1 \(target\): 'data.max_train_samples'"),
+    ({"transfer": {"carry": "augmentation"}, "model": {"name_or_path": "auto", "candidates": ["a", "b"]}},
+     r"'stages.1' \(target\): model.name_or_path: auto is not supported inside stages"),
 ])
 def test_bad_stage_fragments_name_the_field(tiny_timm_dir, image_folder_data, tmp_path, change, message):
     tree = staged(tiny_timm_dir, image_folder_data, tmp_path)
