@@ -56,7 +56,8 @@ def test_switches_are_interleaved_compared_to_the_defaults_and_failures_reported
 
     calls = []
 
-    def fake_run(workload, overrides):
+    def fake_run(workload, overrides=None):
+        overrides = overrides or {}
         calls.append(dict(overrides))
         if overrides.get("training.torch_compile"):
             raise RuntimeError("no C compiler")
@@ -71,7 +72,7 @@ def test_switches_are_interleaved_compared_to_the_defaults_and_failures_reported
     assert "channels_last_off" not in rows  # an image-only switch
     assert rows["bf16"]["vs_defaults"] == 2.0 and rows["defaults"]["vs_defaults"] == 1.0
     assert rows["torch_compile"]["samples_per_s"] is None and "no C compiler" in rows["torch_compile"]["error"]
-    # second repeat runs in reverse order; the failed switch is not retried
-    assert [c.get("training.bf16", False) for c in calls] == [False, False, True, True, False]
+    # an untimed warm-up, then the second repeat in reverse order; the failed switch is not retried
+    assert [c.get("training.bf16", False) for c in calls] == [False, False, False, True, True, False]
     assert json.loads((tmp_path / "s.json").read_text())["scenarios"][0]["name"] == "text_full_ft"
     assert "| text_full_ft | bf16 | 20.0 | 2.0 |" in switches.switches_table(report)
