@@ -24,6 +24,7 @@ def _model_label_names(model_dir: Path) -> list[str]:
 def evaluate_model(model_dir: str | Path, data_path: str, split: str = "test",
                    overrides: list[str] | None = None, batch_size: int = 64) -> dict[str, Any]:
     """Full classification report of the model in ``model_dir`` on ``split`` of ``data_path``."""
+    from ..training.arguments import evaluation_arguments
     from ..training.run import evaluate_split
     from ..training.trainer import TransferTrainer
     from ..strategies import create_strategy
@@ -51,11 +52,8 @@ def evaluate_model(model_dir: str | Path, data_path: str, split: str = "test",
                         columns=columns)
     model, processor = task.load_model(recipe, names)
     inputs = task.model_inputs(recipe, data, model, processor)
-    from transformers import TrainingArguments
-
     with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size, report_to="none",
-                                 remove_unused_columns=False)
+        args = evaluation_arguments(scratch, batch_size)
         trainer = TransferTrainer(model=model, args=args, data_collator=inputs.collator, processing_class=processor,
                                   strategy=create_strategy("full", None, ParameterLayout((), ())))
         return evaluate_split(trainer, inputs.validation, names, split)

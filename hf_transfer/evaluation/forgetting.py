@@ -20,7 +20,7 @@ from ..recipe import Recipe
 def source_forgetting(source_recipe: Recipe, source_dir: Path, source_metrics: dict[str, Any],
                       target_model: nn.Module, source_name: str = "source") -> dict[str, Any]:
     """Source-task accuracy before (the source stage's) and after (target backbone + source head)."""
-    from transformers import TrainingArguments
+    from ..training.arguments import evaluation_arguments
 
     from ..data.prepare import prepare_data
     from ..models.carry import carried_keys
@@ -41,8 +41,7 @@ def source_forgetting(source_recipe: Recipe, source_dir: Path, source_metrics: d
     dataset = inputs.test if split == "test" else inputs.validation
     batch = int(source_recipe.training.get("per_device_eval_batch_size", 64))
     with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch, report_to="none",
-                                 remove_unused_columns=False, dataloader_num_workers=0)
+        args = evaluation_arguments(scratch, batch)
         trainer = TransferTrainer(model=model, args=args, data_collator=inputs.collator, processing_class=processor,
                                   strategy=create_strategy("full", None, ParameterLayout((), ())))
         after = evaluate_split(trainer, dataset, data.label_names, split)

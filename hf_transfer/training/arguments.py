@@ -161,3 +161,13 @@ def build_training_arguments(training: dict[str, Any], output_dir: Path, task_de
         return TrainingArguments(**values)
     except (TypeError, ValueError) as error:
         raise RecipeError(f"Invalid 'training' section: {error}") from None
+
+
+def evaluation_arguments(output_dir: Path | str, batch_size: int):
+    """``TrainingArguments`` for a prediction-only ``Trainer`` (``evaluate``, the forgetting report)."""
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(output_dir=str(output_dir), per_device_eval_batch_size=batch_size, report_to="none",
+                             remove_unused_columns=False, dataloader_num_workers=0,
+                             dataloader_pin_memory=torch.cuda.is_available())

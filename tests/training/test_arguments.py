@@ -44,3 +44,11 @@ def test_bf16_by_default_only_where_it_pays(tmp_path, monkeypatch):
     monkeypatch.setattr(arguments, "bf16_pays", lambda: True)
     assert build_training_arguments(cpu, tmp_path, {}).bf16 is True
     assert build_training_arguments({**cpu, "bf16": False}, tmp_path, {}).bf16 is False  # the recipe wins
+
+
+def test_prediction_only_arguments_pin_memory_only_with_a_gpu(tmp_path):
+    from hf_transfer.training.arguments import evaluation_arguments
+
+    args = evaluation_arguments(tmp_path, 16)
+    assert args.per_device_eval_batch_size == 16 and args.remove_unused_columns is False
+    assert args.dataloader_pin_memory == torch.cuda.is_available() and args.report_to == []
