@@ -11,15 +11,10 @@ import pytest
 from safetensors.torch import load_file
 
 from hf_transfer import Recipe, finetune
+from shared_paths import MOBILENET, REPO, SHARED
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-MOBILENET = SHARED / "models" / "mobilenetv2_100.tv_in1k"
-
-if not SHARED.is_dir():
-    pytest.fail(f"integration tests need the shared data folder at {SHARED}", pytrace=False)
 
 TRAINING = {"per_device_train_batch_size": 32, "disable_tqdm": True, "logging_steps": 2}
 

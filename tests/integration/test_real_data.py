@@ -15,16 +15,11 @@ import pytest
 
 from hf_transfer import Recipe, finetune
 from hf_transfer.strategies import STRATEGIES
+from shared_paths import MOBILENET, REPO, SHARED
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-MOBILENET = SHARED / "models" / "mobilenetv2_100.tv_in1k"
 STRATEGY_OPTIONS = {"partial": {"frozen_layers": 4}, "gradual_unfreeze": {"head_epochs": 1, "layers_per_step": 4}}
-
-if not SHARED.is_dir():
-    pytest.fail(f"integration tests need the shared data folder at {SHARED}", pytrace=False)
 
 
 def cifar_recipe(out: Path, strategy: str, **extra) -> Recipe:

@@ -6,20 +6,14 @@ Stays under about a minute on two CPU cores.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from hf_transfer import Recipe, finetune
+from shared_paths import MOBILENET, REPO, SHARED
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-MOBILENET = SHARED / "models" / "mobilenetv2_100.tv_in1k"
-
-if not SHARED.is_dir():
-    pytest.fail(f"integration tests need the shared data folder at {SHARED}", pytrace=False)
 
 
 def test_cifar10_to_cifar100_stages_recipe(tmp_path):
