@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .data.prepare import LABEL
+from .data.prepare import LABEL, column_values
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +325,10 @@ def preprocessing_description(recipe, data, model, processor) -> str:
         description["image"] = {k: cfg.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct",
                                                          "crop_mode")}
     else:
-        description["tokenizer"] = [type(processor).__name__, getattr(processor, "name_or_path", ""),
+        from .tasks.text import tokenizer_fingerprint
+
+        identity = tokenizer_fingerprint(processor) if processor is not None else None
+        description["tokenizer"] = [type(processor).__name__, identity or getattr(processor, "name_or_path", ""),
                                     len(processor) if processor is not None else 0, recipe.data.max_length]
     return json.dumps(description, sort_keys=True, default=str)
 
@@ -359,7 +362,7 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
         features, hits[name] = cached_features(key, lambda: extract_features(
             model, adapter, encoded, inputs.collator, args.per_device_eval_batch_size,
             args.dataloader_num_workers, description=name))
-        sets[name] = FeatureSet(features, torch.tensor(list(split[LABEL]), dtype=torch.long))
+        sets[name] = FeatureSet(features, torch.tensor(column_values(split, LABEL), dtype=torch.long))
     logger.info("Feature cache (%s): %s", cache_dir(),
                 ", ".join(f"{name} {'hit' if hit else 'computed'}" for name, hit in hits.items()))
     return CachedInputs(model=CachedHeadModel(model, adapter), train=sets["train"], validation=sets["validation"],

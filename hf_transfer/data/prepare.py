@@ -49,6 +49,11 @@ class PreparedData:
         return sizes
 
 
+def column_values(split: Dataset, column: str) -> list:
+    """One column as a Python list, read from Arrow in one go (``list(split[column])`` walks it row by row)."""
+    return split.select_columns([column]).with_format("arrow")[:][column].to_pylist()
+
+
 def resolve_column(role: str, requested: str | None, available: list[str], required: bool = True) -> str | None:
     if requested is not None:
         if requested not in available:
@@ -125,7 +130,7 @@ def _find_split(raw: DatasetDict, requested: str | None, names: tuple[str, ...],
 def subset(split: Dataset, size: int | None, seed: int) -> Dataset:
     if size is None or size >= len(split):
         return split
-    return split.select(stratified_indices(list(split[LABEL]), size, seed))
+    return split.select(stratified_indices(column_values(split, LABEL), size, seed))
 
 
 def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) -> PreparedData:
@@ -178,14 +183,14 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
     test = clean(raw[test_name], test_name) if test_name else None
     sources["test"] = f"split '{test_name}'" if test_name else "none"
     if test is None and section.test_fraction > 0:
-        rest, held = stratified_split(list(train[LABEL]), section.test_fraction, seed)
+        rest, held = stratified_split(column_values(train, LABEL), section.test_fraction, seed)
         train, test = train.select(rest), train.select(held)
         sources["test"] = f"{section.test_fraction:.0%} of train (stratified, seed {seed})"
     if validation_name:
         validation = clean(raw[validation_name], validation_name)
         sources["validation"] = f"split '{validation_name}'"
     else:
-        rest, held = stratified_split(list(train[LABEL]), section.validation_fraction, seed)
+        rest, held = stratified_split(column_values(train, LABEL), section.validation_fraction, seed)
         train, validation = train.select(rest), train.select(held)
         sources["validation"] = f"{section.validation_fraction:.0%} of train (stratified, seed {seed})"
         if len(validation) == 0:
@@ -193,7 +198,7 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
                             "Add examples or give a validation split (data.validation_split).")
 
     if section.samples_per_class is not None:
-        train = train.select(per_class_indices(list(train[LABEL]), section.samples_per_class, seed))
+        train = train.select(per_class_indices(column_values(train, LABEL), section.samples_per_class, seed))
     train = subset(train, section.max_train_samples, seed)
     validation = subset(validation, section.max_eval_samples, seed)
     if test is not None:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.prepare import LABEL, PreparedData
+from ..data.prepare import LABEL, PreparedData, column_values
 from ..errors import RecipeError
 from ..recipe import Recipe
 
@@ -75,7 +75,7 @@ def cross_validate(recipe: Recipe, data: PreparedData, root: Path) -> dict[str, 
     seed = int(recipe.training.get("seed", 42))
     pool = concatenate_datasets([data.train, data.validation])
     folds, metrics = [], []
-    for i, (train, held) in enumerate(fold_indices(list(pool[LABEL]), k, seed)):
+    for i, (train, held) in enumerate(fold_indices(column_values(pool, LABEL), k, seed)):
         fold_data = dataclasses.replace(
             data, train=pool.select(train), validation=pool.select(held),
             sources={**data.sources, "validation": f"fold {i} of a stratified {k}-fold over train + validation "

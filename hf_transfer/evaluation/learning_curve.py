@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data.prepare import LABEL, PreparedData
+from ..data.prepare import LABEL, PreparedData, column_values
 from ..data.sampling import stratified_indices
 from ..recipe import Recipe
 
@@ -37,7 +37,7 @@ def run_learning_curve(recipe: Recipe, data: PreparedData, root: Path) -> list[d
     from ..protocols import SUB_RUN, run_or_reuse
 
     seed = int(recipe.training.get("seed", 42))
-    labels = list(data.train[LABEL])
+    labels = column_values(data.train, LABEL)
     points = []
     for fraction in recipe.evaluation.learning_curve:
         indices = fraction_indices(labels, fraction, seed)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..data.prepare import LABEL, prepare_data
+from ..data.prepare import LABEL, column_values, prepare_data
 from ..data.sampling import per_class_indices
 from ..errors import DataError, RecipeError
 from ..models.layout import discover_layout
@@ -125,7 +125,7 @@ class DANN(Method):
         layer.register_forward_pre_hook(self._capture)
         self.discriminator = domain_classifier(layer.in_features, self.options.hidden_size).to(trainer.args.device)
         self.target_inputs, target = self._target_inputs(recipe, data, trainer)
-        self._labelled_indices = (per_class_indices(list(target.train[LABEL]), self.options.target_labelled_per_class,
+        self._labelled_indices = (per_class_indices(column_values(target.train, LABEL), self.options.target_labelled_per_class,
                                                     int(trainer.args.seed))
                                   if self.options.target_labelled_per_class else None)
         self.start_target_batches(resumed_at_step=0)

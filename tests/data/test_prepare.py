@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, Features, Image, Value
 
-from hf_transfer.data.prepare import LABEL, prepare_data
+from hf_transfer.data.prepare import LABEL, column_values, prepare_data
 from hf_transfer.data.sources import load_raw
 from hf_transfer.errors import DataError
 from hf_transfer.recipe import DataSection
@@ -276,3 +276,10 @@ def test_explicit_hidden_label_test_split_is_an_error(monkeypatch):
     in_memory(monkeypatch, {"train": (["a", "b"], [0, 1] * 10), "test": (["a", "b"], [-1, -1])})
     with pytest.raises(DataError, match="unlabelled rows"):
         prepare_data(DataSection(path="fake", test_split="test"), TEXT, seed=0)
+
+
+def test_column_values_reads_selected_rows_in_their_order_ignoring_a_transform():
+    split = Dataset.from_dict({"labels": list(range(10)), "text": [f"t{i}" for i in range(10)]})
+    picked = split.select([7, 2, 2, 9]).with_transform(lambda batch: {"labels": [-1] * len(batch["labels"])})
+    assert column_values(picked, "labels") == [7, 2, 2, 9]
+    assert column_values(split.select([]), "text") == []
