@@ -128,6 +128,10 @@ class DataSection:
     feature_cache: bool = True
     """Frozen-backbone strategies (``linear_probe``) compute pooled features once, cache them on disk
     (``$HF_TRANSFER_CACHE``, default ``~/.cache/hf_transfer``) and train the head on them."""
+    eval_memory_mb: int = 1024
+    """Decoded evaluation images kept in memory, up to this many MB, so that only the first evaluation
+    decodes them; 0 turns this off. Used when images are decoded in the training process (no data-loader
+    workers, the default on CPUs with few cores): workers already decode in parallel."""
     augmentation: AugmentationSection = field(default_factory=AugmentationSection)
 
     def __post_init__(self) -> None:
@@ -141,6 +145,7 @@ class DataSection:
                  f"'data.image_size' must be between 16 and 2048 pixels; got {self.image_size}.")
         _require(self.crop_pct is None or 0.1 <= self.crop_pct <= 1.0,
                  f"'data.crop_pct' must be in [0.1, 1]; got {self.crop_pct}.")
+        _require(self.eval_memory_mb >= 0, f"'data.eval_memory_mb' must be 0 (off) or more; got {self.eval_memory_mb}.")
         _require(8 <= self.max_length <= 8192, f"'data.max_length' must be between 8 and 8192 tokens; got {self.max_length}.")
 
 

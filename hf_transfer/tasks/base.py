@@ -27,6 +27,8 @@ class ModelInputs:
     collator: Callable
     mixup: Callable | None = None
     """Batch-level mixing (timm ``Mixup``) applied to training batches in the loss."""
+    eval_decodes: bool = False
+    """Evaluation examples are decoded on every access (images), so keeping them in memory pays."""
 
 
 class TaskAdapter(Protocol):

@@ -222,7 +222,8 @@ class ImageClassification:
             mixup = Mixup(mixup_alpha=augmentation.mixup_alpha, cutmix_alpha=augmentation.cutmix_alpha,
                           label_smoothing=0.0, num_classes=len(data.label_names))
         collator = ImageCollator(config["mean"], config["std"])
-        return ModelInputs(train=train, validation=validation, test=test, collator=collator, mixup=mixup)
+        return ModelInputs(train=train, validation=validation, test=test, collator=collator, mixup=mixup,
+                           eval_decodes=True)
 
     def save_processor(self, processor: Any, model: PreTrainedModel, directory: Path) -> None:
         """timm models keep preprocessing in ``config.json``; add ``id2label``/``label2id`` there too."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from transformers import EarlyStoppingCallback, PreTrainedModel, set_seed
 
+from ..data.memo import MemoisedSplit
 from ..data.prepare import PreparedData, prepare_data
 from ..data.validation import skipped_report
 from ..errors import TrainingInterrupted
@@ -81,6 +82,8 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
                                          "train_sampling_strategy": "random"}, checkpoints, _task_defaults(task))
         inputs = ModelInputs(train=cached.train, validation=cached.validation, test=cached.test,
                              collator=collate_features)
+    elif inputs.eval_decodes and recipe.data.eval_memory_mb and not args.dataloader_num_workers:
+        inputs = replace(inputs, validation=MemoisedSplit(inputs.validation, recipe.data.eval_memory_mb))
     trainer = TransferTrainer(
         model=cached.model if cached else model, args=args, train_dataset=inputs.train,
         eval_dataset=inputs.validation, data_collator=inputs.collator, processing_class=processor,
