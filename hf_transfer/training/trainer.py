@@ -1,8 +1,8 @@
 """``Trainer`` with the strategy's parameter groups, soft-target (mixup/cutmix) losses and method loss terms.
 
-Only ``train`` (garbage collection, see ``gc_frozen``), ``create_optimizer``, ``compute_loss`` (which also hands each training loss to the non-finite-loss
-guard and adds the transfer method's terms) and ``log`` (per-term losses) are overridden; the loop is
-transformers' own.
+Only ``train``, ``evaluate`` and ``predict`` (garbage collection, see ``gc_frozen``), ``create_optimizer``,
+``compute_loss`` (which also hands each training loss to the non-finite-loss guard and adds the transfer
+method's terms) and ``log`` (per-term losses) are overridden; the loop is transformers' own.
 """
 
 from __future__ import annotations
@@ -53,6 +53,14 @@ class TransferTrainer(Trainer):
     def train(self, *args, **kwargs):
         with gc_frozen():
             return super().train(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with gc_frozen():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with gc_frozen():
+            return super().predict(*args, **kwargs)
 
     def create_optimizer(self, model=None):
         """One parameter group per (learning rate, weight decay) pair given by the strategy.
