@@ -88,10 +88,11 @@ def cmd_bench(args) -> int:
     for name in ("steps", "repeats", "eval_samples", "bf16"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
-    if args.switches:
+    if args.switches is not None:
         from .bench.switches import DEFAULT_SCENARIOS, run_switch_benchmarks, switches_table
 
-        report = run_switch_benchmarks(args.scenarios or list(DEFAULT_SCENARIOS), settings, Path(args.output))
+        report = run_switch_benchmarks(args.scenarios or list(DEFAULT_SCENARIOS), settings, Path(args.output),
+                                       only=args.switches)
         print(switches_table(report))
     else:
         report = run_benchmarks(args.scenarios or list(SCENARIOS), settings, Path(args.output))
@@ -157,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--eval-samples", type=int, help="validation examples evaluated (default 512)")
     bench.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                        help="precision of every runner (default: bf16 where hf-transfer turns it on, i.e. bf16 GPUs)")
-    bench.add_argument("--switches", action="store_true",
-                       help="measure the recipe path with channels_last off, torch.compile and bf16 against its "
-                            "defaults (default scenarios: image_full_ft text_full_ft)")
+    bench.add_argument("--switches", nargs="*", default=None, metavar="SWITCH",
+                       choices=["channels_last_off", "torch_compile", "bf16"],
+                       help="measure the recipe path with these switches (all when none are named: channels_last_off, "
+                            "torch_compile, bf16) against its defaults (default scenarios: image_full_ft text_full_ft)")
     bench.set_defaults(run=cmd_bench)
     rank = commands.add_parser("rank", help="score candidate backbones on the data (LogME, LEEP, NCE, H-score)")
     from .transferability.cli import add_rank_arguments

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from hf_transfer.bench import RUNNERS, SCENARIOS, StepClock, markdown_table
 from hf_transfer.cli import EXIT_USER_ERROR, run_cli
 
@@ -76,3 +78,27 @@ def test_switches_are_interleaved_compared_to_the_defaults_and_failures_reported
     assert [c.get("training.bf16", False) for c in calls] == [False, False, False, True, True, False]
     assert json.loads((tmp_path / "s.json").read_text())["scenarios"][0]["name"] == "text_full_ft"
     assert "| text_full_ft | bf16 | 20.0 | 2.0 |" in switches.switches_table(report)
+
+
+def test_named_switches_are_measured_alone_against_the_defaults(monkeypatch, tmp_path):
+    import hf_transfer.bench.switches as switches
+    from hf_transfer.bench import BenchSettings
+
+    class Workload:
+        train_steps = 4
+
+    calls = []
+    monkeypatch.setattr(switches, "build_workload", lambda scenario, settings: Workload())
+    monkeypatch.setattr(switches, "hf_transfer_once", lambda workload, overrides=None: calls.append(overrides or {})
+                        or {"train": 10.0, "eval": 30.0, "end_to_end_s": 5.0})
+    report = switches.run_switch_benchmarks(["image_full_ft"], BenchSettings(repeats=1, shared=tmp_path),
+                                            tmp_path / "s.json", only=["torch_compile"])
+    assert set(report["scenarios"][0]["switches"]) == {"defaults", "torch_compile"}
+    assert not any("training.bf16" in c for c in calls)
+
+
+def test_an_unknown_switch_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["bench", "--switches", "fp8", "--output", str(tmp_path / "b.json")])
+    assert exit_info.value.code == 2
+    assert "fp8" in capsys.readouterr().err

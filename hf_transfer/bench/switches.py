@@ -53,10 +53,12 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def measure_switches(scenario_name: str, settings: BenchSettings) -> dict[str, Any]:
+def measure_switches(scenario_name: str, settings: BenchSettings, only: list[str] | None = None) -> dict[str, Any]:
+    """``only``: the switches to measure (all by default); ``defaults`` is always measured, as their baseline."""
     scenario = SCENARIOS[scenario_name]
     workload = build_workload(scenario, settings)
-    switches = [s for s in SWITCHES.values() if scenario.task in s.tasks]
+    switches = [s for s in SWITCHES.values()
+                if scenario.task in s.tasks and (not only or s.name == "defaults" or s.name in only)]
     samples: dict[str, dict[str, list[float]]] = {s.name: {"train": [], "eval": [], "end_to_end_s": []}
                                                    for s in switches}
     errors: dict[str, str] = {}
@@ -90,7 +92,8 @@ def measure_switches(scenario_name: str, settings: BenchSettings) -> dict[str, A
             "batch_size": settings.batch_size, "switches": rows}
 
 
-def run_switch_benchmarks(names: list[str], settings: BenchSettings, output) -> dict[str, Any]:
+def run_switch_benchmarks(names: list[str], settings: BenchSettings, output,
+                          only: list[str] | None = None) -> dict[str, Any]:
     """Measure every switch on ``names`` and write the JSON report to ``output`` (atomically, as it goes)."""
     import json
 
@@ -99,7 +102,7 @@ def run_switch_benchmarks(names: list[str], settings: BenchSettings, output) -> 
     report = {"env": environment(), "settings": {k: str(v) for k, v in vars(settings).items()}, "scenarios": []}
     started = time.perf_counter()
     for name in names:
-        report["scenarios"].append(measure_switches(name, settings))
+        report["scenarios"].append(measure_switches(name, settings, only))
         report["wall_s"] = round(time.perf_counter() - started, 1)
         write_atomic(output, json.dumps(report, indent=2) + "\n")
     return report
