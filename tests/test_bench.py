@@ -102,3 +102,12 @@ def test_an_unknown_switch_is_refused(tmp_path, capsys):
         run_cli(["bench", "--switches", "fp8", "--output", str(tmp_path / "b.json")])
     assert exit_info.value.code == 2
     assert "fp8" in capsys.readouterr().err
+
+
+def test_the_cli_offers_every_measured_switch():
+    from hf_transfer.bench.switches import SWITCHES
+    from hf_transfer.cli import build_parser
+
+    bench = build_parser()._subparsers._group_actions[0].choices["bench"]
+    offered = next(a for a in bench._actions if a.dest == "switches").choices
+    assert set(offered) == set(SWITCHES) - {"defaults"}

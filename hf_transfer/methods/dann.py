@@ -125,8 +125,8 @@ class DANN(Method):
         layer.register_forward_pre_hook(self._capture)
         self.discriminator = domain_classifier(layer.in_features, self.options.hidden_size).to(trainer.args.device)
         self.target_inputs, target = self._target_inputs(recipe, data, trainer)
-        self._labelled_indices = (per_class_indices(column_values(target.train, LABEL), self.options.target_labelled_per_class,
-                                                    int(trainer.args.seed))
+        self._labelled_indices = (per_class_indices(column_values(target.train, LABEL),
+                                                    self.options.target_labelled_per_class, int(trainer.args.seed))
                                   if self.options.target_labelled_per_class else None)
         self.start_target_batches(resumed_at_step=0)
 
