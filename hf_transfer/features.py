@@ -129,7 +129,7 @@ def backbone_digest(model: nn.Module, head_parameters: tuple[str, ...]) -> str:
         if name in head:
             continue
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # no copy
     return digest.hexdigest()
 
 

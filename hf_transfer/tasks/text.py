@@ -87,13 +87,23 @@ def tokenizer_fingerprint(tokenizer: Any) -> str | None:
     """A hash of everything a tokenizer's output depends on, or ``None`` without a serialisable backend.
 
     ``datasets`` would otherwise fingerprint each ``map`` by pickling the whole tokenizer: about 0.3 s per
-    split for MiniLM, which was most of a cached linear probe's run time.
+    split for MiniLM, which was most of a cached linear probe's run time. The backend's truncation and padding
+    are left out: each call sets them from its own arguments, which the caller hashes itself. They are cleared
+    for the serialisation and put back, which costs far less than parsing and re-encoding the JSON (a
+    30,000-word vocabulary: 5 ms against 80 ms).
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    state = json.loads(backend.to_str())
-    for per_call in ("truncation", "padding"):  # set by each call's arguments, which the caller hashes itself
-        state.pop(per_call, None)
-    return _digest(type(tokenizer).__name__, state, tokenizer.truncation_side,
-                   list(tokenizer.model_input_names), tokenizer.special_tokens_map)
+    truncation, padding = backend.truncation, backend.padding
+    backend.no_truncation()
+    backend.no_padding()
+    try:
+        serialised = backend.to_str()
+    finally:
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
+        if padding is not None:
+            backend.enable_padding(**padding)
+    return _digest(type(tokenizer).__name__, hashlib.sha256(serialised.encode()).hexdigest(),
+                   tokenizer.truncation_side, list(tokenizer.model_input_names), tokenizer.special_tokens_map)

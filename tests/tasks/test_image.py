@@ -163,3 +163,13 @@ def test_batched_normalisation_equals_timms_per_image_transform(tiny_timm_dir, i
     train_pixels = inputs.train[0]["pixel_values"]
     # random erasing works on normalised pixels: that train transform stays per image
     assert train_pixels.dtype == (torch.float32 if re_prob else torch.uint8)
+
+
+@pytest.mark.parametrize("color_jitter", [0.0, 0.4])
+def test_train_transform_jitters_colours_only_when_asked(tiny_timm_model, color_jitter):
+    """timm adds ColorJitter for any number it is given; a 0 must leave the (costly, no-op) step out."""
+    from hf_transfer.recipe import AugmentationSection
+
+    train, _ = create_transforms(data_config(tiny_timm_model), AugmentationSection(color_jitter=color_jitter))
+    steps = [type(step).__name__ for step in train.transforms]
+    assert ("ColorJitter" in steps) == bool(color_jitter)

@@ -14,7 +14,11 @@ def test_tokenizer_fingerprint_ignores_call_settings_but_not_the_vocabulary(tiny
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
     before = tokenizer_fingerprint(tokenizer)
     tokenizer(["good film"], truncation=True, max_length=4, padding="max_length")  # leaves state in the backend
+    backend = tokenizer.backend_tokenizer
+    call_state = (backend.truncation, backend.padding)
+    assert call_state[0] is not None and call_state[1] is not None
     assert tokenizer_fingerprint(tokenizer) == before
+    assert (backend.truncation, backend.padding) == call_state  # cleared to serialise, then put back
     assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(tiny_bert_dir)) == before
 
     tokenizer.add_tokens(["brandnewword"])

@@ -1,10 +1,15 @@
-"""TransferTrainer's garbage-collection scope."""
+"""TransferTrainer's garbage-collection scope and the per-step costs it takes out of Trainer's loop."""
 
 from __future__ import annotations
 
 import gc
 
-from hf_transfer.training.trainer import gc_frozen
+import torch
+from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+from hf_transfer.models.layout import discover_layout
+from hf_transfer.strategies import create_strategy, get_strategy
+from hf_transfer.training.trainer import TransferTrainer, gc_frozen, remember_package_probes
 
 
 def test_gc_frozen_freezes_for_the_block_and_leaves_a_callers_freeze_alone():
@@ -35,3 +40,37 @@ def test_garbage_made_inside_the_block_is_still_collected():
         node.self = node  # a reference cycle: only the collector frees it
         del node
         assert gc.collect() >= 1
+
+
+def test_floating_point_ops_match_trainers_and_count_parameters_once(tmp_path, tiny_bert_dir, monkeypatch):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    strategy = create_strategy("full", get_strategy("full").Options(), discover_layout(model))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    trainer = TransferTrainer(model=model, args=args, strategy=strategy)
+    inputs = {"input_ids": torch.ones(4, 7, dtype=torch.long), "labels": torch.zeros(4, dtype=torch.long)}
+    expected = Trainer.floating_point_ops(trainer, inputs)
+    assert expected > 0
+
+    counted = []
+    original = type(model).num_parameters
+    monkeypatch.setattr(type(model), "num_parameters",
+                        lambda self, *a, **k: counted.append(1) or original(self, *a, **k))
+    assert [trainer.floating_point_ops(inputs) for _ in range(3)] == [expected] * 3
+    assert len(counted) == 1
+    assert trainer.floating_point_ops({"labels": inputs["labels"]}) == 0  # no main input: nothing to count
+
+    trainer.model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)  # a new model is recounted
+    trainer.floating_point_ops(inputs)
+    assert len(counted) == 2
+
+
+def test_package_probe_is_remembered_and_gives_the_same_answer():
+    from accelerate import optimizer
+    from accelerate.utils import imports
+
+    remember_package_probes()
+    remember_package_probes()  # idempotent: the memo is not wrapped again
+    probe = optimizer.is_lomo_available
+    assert probe is not imports.is_lomo_available
+    assert probe.__wrapped__ is imports.is_lomo_available
+    assert probe() == imports.is_lomo_available()
