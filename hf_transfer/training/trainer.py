@@ -8,7 +8,6 @@ overridden; the loop is transformers' own.
 
 from __future__ import annotations
 
-import functools
 import gc
 from collections import defaultdict
 from contextlib import contextmanager
@@ -40,28 +39,9 @@ def gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def remember_package_probes() -> None:
-    """Answer accelerate's "is ``lomo_optim`` installed?" from memory after the first time.
-
-    ``AcceleratedOptimizer.step`` asks twice per optimizer step, and each answer searches ``sys.path``
-    (``importlib.util.find_spec`` plus package metadata): about 0.5 ms a step on a 2-core CPU. That is a
-    fifth of a linear head's whole step on cached features. Installing a package mid-run is the only thing
-    the memo would miss. Safe to call repeatedly; a later accelerate that renames the probe is left alone.
-    """
-    try:
-        from accelerate import optimizer
-        from accelerate.utils import imports
-    except ImportError:
-        return
-    original = getattr(imports, "is_lomo_available", None)
-    if original is not None and getattr(optimizer, "is_lomo_available", None) is original:
-        optimizer.is_lomo_available = functools.cache(original)
-
-
 class TransferTrainer(Trainer):
     def __init__(self, *args, strategy: Strategy, mixup=None, loss_guard=None, method: Method | None = None,
                  **kwargs) -> None:
-        remember_package_probes()
         super().__init__(*args, **kwargs)
         self._counted: tuple[torch.nn.Module, int] | None = None
         self.strategy = strategy

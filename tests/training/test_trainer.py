@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, Trainer, TrainingAr
 
 from hf_transfer.models.layout import discover_layout
 from hf_transfer.strategies import create_strategy, get_strategy
-from hf_transfer.training.trainer import TransferTrainer, gc_frozen, remember_package_probes
+from hf_transfer.training.trainer import TransferTrainer, gc_frozen
 
 
 def test_gc_frozen_freezes_for_the_block_and_leaves_a_callers_freeze_alone():
@@ -63,14 +63,3 @@ def test_floating_point_ops_match_trainers_and_count_parameters_once(tmp_path, t
     trainer.floating_point_ops(inputs)
     assert len(counted) == 2
 
-
-def test_package_probe_is_remembered_and_gives_the_same_answer():
-    from accelerate import optimizer
-    from accelerate.utils import imports
-
-    remember_package_probes()
-    remember_package_probes()  # idempotent: the memo is not wrapped again
-    probe = optimizer.is_lomo_available
-    assert probe is not imports.is_lomo_available
-    assert probe.__wrapped__ is imports.is_lomo_available
-    assert probe() == imports.is_lomo_available()
