@@ -62,4 +62,3 @@ def test_floating_point_ops_match_trainers_and_count_parameters_once(tmp_path, t
     trainer.model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)  # a new model is recounted
     trainer.floating_point_ops(inputs)
     assert len(counted) == 2
-
