@@ -17,9 +17,12 @@ def test_gc_frozen_freezes_for_the_block_and_leaves_a_callers_freeze_alone():
     with gc_frozen():
         frozen = gc.get_freeze_count()
         assert frozen > 0
+        made_since = [[] for _ in range(1000)]  # tracked objects that a second gc.freeze() would add
         with gc_frozen():  # nested: the outer block stays in charge
             pass
-        assert gc.get_freeze_count() == frozen
+        # neither unfrozen (0) nor frozen again (+1000); frozen objects may be freed meanwhile, so it may fall
+        assert 0 < gc.get_freeze_count() <= frozen
+        del made_since
     assert gc.get_freeze_count() == 0
 
     gc.freeze()
