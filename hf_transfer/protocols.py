@@ -9,30 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from .data.prepare import PreparedData
 from .recipe import Recipe
-from .training.outputs import METRICS_FILE, RECIPE_FILE, RunFolder, write_atomic
+from .training.outputs import METRICS_FILE, RunFolder
 
 logger = logging.getLogger(__name__)
 
 #: Sub-runs never repeat the protocol, push, or train their own scratch baseline.
 SUB_RUN = {"evaluation.cross_validate": None, "evaluation.learning_curve": None,
            "evaluation.compare_to_scratch": False, "output.push_to_hub": False, "output.overwrite": False}
-
-
-def claim_output(folder: RunFolder, run_yaml: str) -> None:
-    """Make ``folder`` this run's (checked as for a single run; ``overwrite`` clears it once, up front)."""
-    folder.check(run_yaml)
-    if folder.overwrite and folder.path.is_dir() and any(folder.path.iterdir()):
-        logger.warning("output.overwrite=true: removing the previous run in %s", folder.path)
-        shutil.rmtree(folder.path)
-    folder.path.mkdir(parents=True, exist_ok=True)
-    if not folder.is_run_folder():
-        write_atomic(folder.path / RECIPE_FILE, run_yaml)
 
 
 def run_or_reuse(recipe: Recipe, data: PreparedData | None = None) -> dict[str, Any]:
@@ -49,33 +37,33 @@ def run_protocols(recipe: Recipe, write_card: bool = True):
     """Stages, or cross-validation and/or a learning curve followed by the normal run of the recipe."""
     from .data.prepare import prepare_data
     from .tasks.base import get_task
-    from .training.run import run_single
+    from .training.run import run_folder, run_single
 
     if recipe.stages:
         from .stages import run_stages
 
         return run_stages(recipe, write_card)
-    folder = RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite)
-    claim_output(folder, recipe.to_yaml())
-    recipe = recipe.replace({"output.overwrite": False})
-    seed = int(recipe.training.get("seed", 42))
-    data = prepare_data(recipe.data, get_task(recipe.task).input_roles, seed)
-    added: dict[str, Any] = {}
-    if recipe.evaluation.cross_validate:
-        from .evaluation.cross_validation import cross_validate
+    folder = run_folder(recipe)
+    with folder.claimed(recipe.to_yaml()):
+        recipe = recipe.replace({"output.overwrite": False})
+        seed = int(recipe.training.get("seed", 42))
+        data = prepare_data(recipe.data, get_task(recipe.task).input_roles, seed)
+        added: dict[str, Any] = {}
+        if recipe.evaluation.cross_validate:
+            from .evaluation.cross_validation import cross_validate
 
-        added["cross_validation"] = cross_validate(recipe, data, folder.path)
-    curve = None
-    if recipe.evaluation.learning_curve:
-        from .evaluation.learning_curve import run_learning_curve
+            added["cross_validation"] = cross_validate(recipe, data, folder.path)
+        curve = None
+        if recipe.evaluation.learning_curve:
+            from .evaluation.learning_curve import run_learning_curve
 
-        curve = run_learning_curve(recipe, data, folder.path)
+            curve = run_learning_curve(recipe, data, folder.path)
 
-    def extra(trainer, metrics: dict[str, Any]) -> dict[str, Any]:
-        if curve is not None:
-            from .evaluation.learning_curve import finish_learning_curve
+        def extra(trainer, metrics: dict[str, Any]) -> dict[str, Any]:
+            if curve is not None:
+                from .evaluation.learning_curve import finish_learning_curve
 
-            added["learning_curve"] = finish_learning_curve(curve, metrics, folder.path)
-        return added
+                added["learning_curve"] = finish_learning_curve(curve, metrics, folder.path)
+            return added
 
-    return run_single(recipe, write_card, extra_metrics=extra, data=data)
+        return run_single(recipe, write_card, extra_metrics=extra, data=data)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from .config_utils import from_dict, to_dict
 from .errors import RecipeError
 from .recipe import AUTO, Recipe
-from .training.outputs import METRICS_FILE, RunFolder, write_atomic
+from .training.outputs import METRICS_FILE, RunFolder, record
 
 logger = logging.getLogger(__name__)
 
@@ -184,17 +184,24 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def run_stages(recipe: Recipe, write_card: bool = True):
     """Train every stage in order, skipping finished ones; returns the last stage's ``FinetuneResult``."""
+    from .training.run import run_folder
+
+    root = Path(recipe.output.dir)
+    runs = run_recipes(recipe)
+    folder = run_folder(recipe)
+    check_layer_names(recipe)
+    with folder.claimed(runs[-1].to_yaml()):
+        record(root, "stages")
+        folder.write_text(STAGES_FILE, recipe.to_yaml())
+        return _train_stages(recipe, runs, write_card)
+
+
+def _train_stages(recipe: Recipe, runs: list[Recipe], write_card: bool):
     from .evaluation.forgetting import source_forgetting
-    from .protocols import claim_output
     from .models.carry import write_initial_weights
     from .tasks.base import get_task
     from .training.run import run_single
 
-    root = Path(recipe.output.dir)
-    runs = run_recipes(recipe)
-    claim_output(RunFolder(root, overwrite=recipe.output.overwrite), runs[-1].to_yaml())
-    write_atomic(root / STAGES_FILE, recipe.to_yaml())
-    check_layer_names(recipe)
     lineage: list[dict[str, Any]] = []
     result = None
     for i, (stage, run) in enumerate(zip(recipe.stages, runs)):

@@ -124,10 +124,11 @@ def foreign_folder(out: Path) -> None:
 
 
 def other_unfinished_run(out: Path) -> None:
-    out.mkdir()
-    (out / "recipe.yaml").write_text(yaml.safe_dump({"task": "text-classification", "model": {"name_or_path": "x"},
-                                                     "data": {"path": "elsewhere"}}))
-    (out / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    from hf_transfer.training.outputs import RunFolder
+
+    other = yaml.safe_dump({"task": "text-classification", "model": {"name_or_path": "x"}, "data": {"path": "elsewhere"}})
+    with RunFolder(out).claimed(other):
+        (out / "checkpoints" / "checkpoint-4").mkdir(parents=True)
 
 
 def model_folder(kind: str) -> Callable[[Path, Models], dict]:
@@ -223,7 +224,7 @@ CASES = [
     Case("model_weights_only_pickled", model_folder("pickle_only"), ("pytorch_model.bin", "pickled weights",
                                                                       "safetensors only", "convert it once")),
     # --- output folder
-    Case("foreign_output_folder", with_output(foreign_folder), ("not empty", "no recipe.yaml")),
+    Case("foreign_output_folder", with_output(foreign_folder), ("not empty", "not made by hf-transfer")),
     Case("other_runs_unfinished_folder", with_output(other_unfinished_run), ("unfinished run of another recipe", "data.path", "output.overwrite")),
     Case("output_dir_is_a_file", with_output(lambda out: out.write_text("x")), ("is a file",)),
 ]

@@ -17,6 +17,7 @@ import numpy as np
 from ..data.prepare import LABEL, PreparedData, column_values
 from ..errors import RecipeError
 from ..recipe import Recipe
+from ..training.outputs import record
 
 #: Sections of metrics.json whose numbers are summarised (per-class rows stay in each fold's own file).
 SUMMARISED = ("validation", "test", "train")
@@ -74,6 +75,7 @@ def cross_validate(recipe: Recipe, data: PreparedData, root: Path) -> dict[str, 
     k = int(recipe.evaluation.cross_validate)
     seed = int(recipe.training.get("seed", 42))
     pool = concatenate_datasets([data.train, data.validation])
+    record(root, "folds")
     folds, metrics = [], []
     for i, (train, held) in enumerate(fold_indices(column_values(pool, LABEL), k, seed)):
         fold_data = dataclasses.replace(

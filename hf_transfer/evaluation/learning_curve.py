@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from ..data.prepare import LABEL, PreparedData, column_values
 from ..data.sampling import stratified_indices
 from ..recipe import Recipe
+from ..training.outputs import record
 
 PLOT_FILE = "learning_curve.png"
 VARIANTS = ("pretrained", "scratch")
@@ -38,6 +39,7 @@ def run_learning_curve(recipe: Recipe, data: PreparedData, root: Path) -> list[d
 
     seed = int(recipe.training.get("seed", 42))
     labels = column_values(data.train, LABEL)
+    record(root, "learning_curve")
     points = []
     for fraction in recipe.evaluation.learning_curve:
         indices = fraction_indices(labels, fraction, seed)
@@ -65,6 +67,7 @@ def finish_learning_curve(points: list[dict[str, Any]], main_metrics: dict[str, 
             row[variant] = {key: metrics[split][key] for key in ("accuracy", "f1_macro")}
         row["gain_accuracy"] = round(row["pretrained"]["accuracy"] - row["scratch"]["accuracy"], 6)
         rows.append(row)
+    record(folder, PLOT_FILE)
     save_learning_curve_plot(rows, split, folder / PLOT_FILE)
     return {"split": split, "rows": rows, "plot": PLOT_FILE}
 

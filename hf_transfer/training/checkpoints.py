@@ -26,7 +26,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .outputs import write_atomic
+from ..atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 

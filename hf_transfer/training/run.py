@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from ..data.memo import MemoisedSplit
 from ..data.prepare import PreparedData, prepare_data
 from ..data.validation import skipped_report
 from ..errors import TrainingInterrupted
+from ..hub import check_push_target
 from ..features import build_cached_inputs, collate_features
 from ..evaluation.metrics import classification_report, metrics_for_trainer
 from ..methods import create_method
@@ -28,10 +30,12 @@ from .arguments import build_training_arguments, default_num_workers, distribute
 from .checkpoints import CheckpointManifest, last_complete_checkpoint
 from .export import write_run_outputs
 from .guards import GracefulStop, NonFiniteLossGuard
-from .outputs import METRICS_FILE, RunFolder
+from .outputs import METRICS_FILE, RunFolder, record
 from .trainer import TransferTrainer
 
 logger = logging.getLogger(__name__)
+
+SCRATCH = "scratch"
 
 
 @dataclass
@@ -128,12 +132,13 @@ def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder, r
 
 def _scratch_baseline(recipe: Recipe, folder: RunFolder) -> dict[str, Any]:
     """The same recipe from random initialisation, in ``<output>/scratch``."""
-    overrides = {"model.pretrained": False, "output.dir": str(folder.path / "scratch"),
-                 "output.push_to_hub": False, "evaluation.compare_to_scratch": False,
+    overrides = {"model.pretrained": False, "output.dir": str(folder.path / SCRATCH),
+                 "output.push_to_hub": False, "output.overwrite": False, "evaluation.compare_to_scratch": False,
                  "evaluation.cross_validate": None, "evaluation.learning_curve": None,
                  **recipe.evaluation.scratch_overrides}
     scratch_recipe = recipe.replace(overrides)
-    if RunFolder(scratch_recipe.output.dir).is_finished() and not recipe.output.overwrite:
+    record(folder.path, SCRATCH)  # an overwrite set the old baseline aside with the rest of the run
+    if RunFolder(scratch_recipe.output.dir).is_finished():
         return json.loads((Path(scratch_recipe.output.dir) / METRICS_FILE).read_text())
     logger.info("Training the from-scratch baseline (evaluation.compare_to_scratch)")
     return finetune(scratch_recipe, write_card=False).metrics
@@ -165,42 +170,57 @@ def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
 ExtraMetrics = Callable[[TransferTrainer, dict[str, Any]], dict[str, Any]]
 
 
+def protected_paths(recipe: Recipe) -> dict[str, Path]:
+    """Local inputs of the run (data folders, files) that ``output.dir`` must neither be nor contain."""
+    found: dict[str, Path] = {}
+    sections = [("data", recipe.data)]
+    target = getattr(recipe.method.options, "target", None)
+    if target is not None and hasattr(target, "path"):
+        sections.append(("method.target", target))
+    for i, stage in enumerate(recipe.stages):
+        sections.append((f"stages.{i}.data", stage.recipe.data))
+    for where, section in sections:
+        path = Path(str(section.path)).expanduser() if section.path else None
+        if path is not None and path.exists():
+            found[f"{where}.path"] = path
+    return found
+
+
+def run_folder(recipe: Recipe) -> RunFolder:
+    return RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite, protected=protected_paths(recipe))
+
+
 def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetrics | None = None,
                data: PreparedData | None = None) -> FinetuneResult:
     """One training run; ``data`` replaces the recipe's own splits (cross-validation folds, curve fractions)."""
-    folder = RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite)
+    folder = run_folder(recipe)
     seed = int(recipe.training.get("seed", 42))
     set_seed(seed)
     task = get_task(recipe.task)
+    state = distributed_state()
     # Pre-flight, cheapest first: output folder, model config, then data (rows included); nothing is written yet.
-    if distributed_state().is_main_process:
+    if state.is_main_process:
         folder.check(recipe.to_yaml())
+        check_push_target(recipe.output.hub_model_id, recipe.output.push_to_hub)
     resolve_model_source(recipe.model.name_or_path, recipe.task)
     if data is None:
-        with distributed_state().main_process_first():
+        with state.main_process_first():
             data = prepare_data(recipe.data, task.input_roles, seed)
     logger.info("Data: %s; %d labels", data.sizes(), len(data.label_names))
-    resume_from = _prepare_folder(folder, recipe)
-    trainer, metrics = _train_and_evaluate(recipe, data, folder, resume_from)
-    if recipe.evaluation.compare_to_scratch:
-        scratch = _scratch_baseline(recipe, folder)
-        metrics["scratch"] = {k: scratch[k] for k in ("validation", "test", "train") if k in scratch}
-        metrics["transfer_gain"] = _transfer_gain(metrics, scratch)
-    if extra_metrics is not None:
-        metrics.update(extra_metrics(trainer, metrics))
-    if trainer.is_world_process_zero():
-        write_run_outputs(trainer, recipe, data, metrics, folder, write_card=write_card)
-    trainer.accelerator.wait_for_everyone()
+    with ExitStack() as claim:
+        with state.main_process_first():  # rank 0 claims the folder; the others then find the same checkpoint
+            if state.is_main_process:
+                resume_from = claim.enter_context(folder.claimed(recipe.to_yaml()))
+            else:
+                resume_from = last_complete_checkpoint(folder.checkpoints)
+        trainer, metrics = _train_and_evaluate(recipe, data, folder, resume_from)
+        if recipe.evaluation.compare_to_scratch:
+            scratch = _scratch_baseline(recipe, folder)
+            metrics["scratch"] = {k: scratch[k] for k in ("validation", "test", "train") if k in scratch}
+            metrics["transfer_gain"] = _transfer_gain(metrics, scratch)
+        if extra_metrics is not None:
+            metrics.update(extra_metrics(trainer, metrics))
+        if trainer.is_world_process_zero():
+            write_run_outputs(trainer, recipe, data, metrics, folder, write_card=write_card)
+        trainer.accelerator.wait_for_everyone()
     return FinetuneResult(output_dir=folder.path, metrics=metrics, model=trainer.model, trainer=trainer)
-
-
-def _prepare_folder(folder: RunFolder, recipe: Recipe) -> str | None:
-    """Rank 0 checks and prepares the folder; the others wait, then find the same checkpoint."""
-    state = distributed_state()
-    resume_from = None
-    with state.main_process_first():
-        if state.is_main_process:
-            resume_from = folder.prepare(recipe.to_yaml())
-        else:
-            resume_from = last_complete_checkpoint(folder.checkpoints)
-    return resume_from

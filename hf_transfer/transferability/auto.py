@@ -17,14 +17,13 @@ logger = logging.getLogger(__name__)
 def finetune_auto(recipe: Recipe, write_card: bool = True):
     from ..data.prepare import prepare_data
     from ..tasks.base import get_task
-    from ..training.outputs import RunFolder
-    from ..training.run import run_single
+    from ..training.outputs import record
+    from ..training.run import run_folder, run_single
     from .ranking import Candidate, rank_candidates
-    from .report import write_ranking
+    from .report import JSON_FILE, MARKDOWN_FILE, PLOT_FILE, write_ranking
 
-    folder = RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite)
-    if folder.is_finished():
-        folder.check(recipe.to_yaml())  # a finished run is refused before minutes of ranking, not after
+    folder = run_folder(recipe)
+    folder.check(recipe.to_yaml())  # a finished run or a foreign folder is refused before minutes of ranking
     seed = int(recipe.training.get("seed", 42))
     data = prepare_data(recipe.data, get_task(recipe.task).input_roles, seed)
     ranking = rank_candidates(recipe, data)
@@ -32,9 +31,10 @@ def finetune_auto(recipe: Recipe, write_card: bool = True):
     logger.info("model.name_or_path: auto chose %s (%s %.4f)", chosen.spec, ranking.rank_by,
                 ranking.best().scores[ranking.rank_by])
 
-    def record(trainer, metrics):
+    def add_ranking(trainer, metrics):
         if trainer.is_world_process_zero():
+            record(folder.path, JSON_FILE, MARKDOWN_FILE, PLOT_FILE)
             write_ranking(ranking, folder.path, overwrite=True)
         return {"backbone_selection": ranking.to_dict()}
 
-    return run_single(chosen.recipe(recipe), write_card, extra_metrics=record, data=data)
+    return run_single(chosen.recipe(recipe), write_card, extra_metrics=add_ranking, data=data)

@@ -69,15 +69,22 @@ def save_ranking_plot(ranking: Ranking, path: Path) -> Path:
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix,
                                      delete=False) as handle:
         temporary = Path(handle.name)
-    figure.savefig(temporary, dpi=100)
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        figure.savefig(temporary, dpi=100)
+        os.replace(temporary, path)
+    finally:
+        plt.close(figure)
+        temporary.unlink(missing_ok=True)  # left only when saving or renaming failed
     return path
 
 
 def check_output(directory: Path, overwrite: bool) -> None:
-    """A folder with a finished ranking (``ranking.json``) is kept unless ``overwrite``."""
-    if (Path(directory) / JSON_FILE).is_file() and not overwrite:
+    """``--output`` must be (or become) a folder we may write; a finished ranking (``ranking.json``) is kept unless
+    ``overwrite``. Checked before any features are computed."""
+    from ..evaluation.evaluate import check_output_path
+
+    directory = check_output_path(directory, "--output", folder=True)
+    if (directory / JSON_FILE).is_file() and not overwrite:
         raise OutputError(f"'{directory}' already holds a finished ranking ({JSON_FILE}). Pass --overwrite to "
                           "replace it, or choose another --output folder.")
 

@@ -1,122 +1,356 @@
-"""RunFolder: refusing to clobber, resuming from checkpoints, staging and finishing."""
+"""RunFolder: only our own folders, never a byte of anyone else's; replace a finished run only once its successor
+has finished; resume; one run per folder at a time."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from hf_transfer.atomic import write_atomic
 from hf_transfer.errors import OutputError
-from hf_transfer.training.outputs import METRICS_FILE, RECIPE_FILE, RunFolder, write_atomic
+from hf_transfer.training import outputs
+from hf_transfer.training.outputs import (LOCK_FILE, METRICS_FILE, NEXT, OWNER_FILE, PREVIOUS, RECIPE_FILE,
+                                          RunFolder, check_location, read_owner)
 
 RECIPE_YAML = "task: image-classification\n"
+OTHER_YAML = "task: text-classification\n"
 
 
-def finished_run(path: Path) -> Path:
-    path.mkdir(parents=True)
-    (path / RECIPE_FILE).write_text("old recipe\n")
-    (path / METRICS_FILE).write_text("{}\n")
-    (path / "model.safetensors").write_bytes(b"old")
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file and folder below ``folder`` with its bytes (folders as b'dir')."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"dir"
+            for p in sorted(folder.rglob("*"))} if folder.exists() else {}
+
+
+def claim(folder: RunFolder, recipe_yaml: str = RECIPE_YAML) -> str | None:
+    with folder.claimed(recipe_yaml) as resume_from:
+        return resume_from
+
+
+def finished_run(path: Path, weights: bytes = b"old") -> Path:
+    """A finished run made by hf-transfer: claimed, staged outputs committed, metrics written."""
+    folder = RunFolder(path)
+    with folder.claimed(RECIPE_YAML):
+        staging = folder.staging()
+        (staging / "model.safetensors").write_bytes(weights)
+        (staging / "config.json").write_text('{"old": true}')
+        (staging / "plots").mkdir()
+        (staging / "plots" / "a.png").write_bytes(b"png")
+        folder.commit_staging()
+        folder.finish({"test": {"accuracy": 0.5}}, keep_checkpoints=False)
     return path
 
 
-def test_prepare_new_folder_writes_recipe_and_returns_none(tmp_path):
+def project_folder(path: Path) -> Path:
+    """A user's project: their own recipe.yaml, data and notes (no hf-transfer marker)."""
+    (path / "data").mkdir(parents=True)
+    (path / "data" / "train.csv").write_text("text,label\ngood,1\n")
+    (path / "notes").mkdir()
+    (path / "notes" / "thesis.tex").write_text("precious")
+    (path / RECIPE_FILE).write_text("task: text-classification\n")
+    return path
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing of the process's own clean-up runs."""
+
+
+# ----------------------------------------------------------------------------- claiming new folders
+def test_claim_new_folder_writes_recipe_and_marker_and_returns_none(tmp_path):
     folder = RunFolder(tmp_path / "runs" / "new")
-    assert folder.prepare(RECIPE_YAML) is None
+    assert claim(folder) is None
     assert (folder.path / RECIPE_FILE).read_text() == RECIPE_YAML
-    assert folder.is_run_folder() and not folder.is_finished()
+    assert read_owner(folder.path) is not None and not folder.is_finished()
+    assert not (folder.path / LOCK_FILE).exists()  # released at the end of the block
 
 
-def test_prepare_existing_empty_folder_is_fine(tmp_path):
-    assert RunFolder(tmp_path).prepare(RECIPE_YAML) is None
+def test_existing_empty_folder_is_fine(tmp_path):
+    assert claim(RunFolder(tmp_path)) is None
     assert (tmp_path / RECIPE_FILE).is_file()
 
 
-def test_finished_run_is_refused_without_overwrite(tmp_path):
-    path = finished_run(tmp_path / "run")
-    with pytest.raises(OutputError, match="holds a finished run.*output.overwrite=true"):
-        RunFolder(path).prepare(RECIPE_YAML)
-    assert (path / "model.safetensors").read_bytes() == b"old"
-    assert (path / RECIPE_FILE).read_text() == "old recipe\n"
+def test_failure_before_anything_trained_leaves_no_trace(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError):
+        with RunFolder(out).claimed(RECIPE_YAML):
+            raise ValueError("a bad learning-rate scheduler argument")
+    assert not out.exists()
+    tmp_path.joinpath("empty").mkdir()
+    with pytest.raises(ValueError):
+        with RunFolder(tmp_path / "empty").claimed(RECIPE_YAML):
+            raise ValueError("boom")
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
 
 
-def test_finished_run_is_replaced_with_overwrite(tmp_path):
-    path = finished_run(tmp_path / "run")
-    assert RunFolder(path, overwrite=True).prepare(RECIPE_YAML) is None
-    assert sorted(p.name for p in path.iterdir()) == [RECIPE_FILE]
-    assert (path / RECIPE_FILE).read_text() == RECIPE_YAML
+def test_failure_after_a_checkpoint_keeps_the_run_to_resume(tmp_path):
+    from test_checkpoints import fake_checkpoint
+
+    folder = RunFolder(tmp_path / "out")
+    with pytest.raises(ValueError):
+        with folder.claimed(RECIPE_YAML):
+            fake_checkpoint(folder.checkpoints, 4)
+            raise ValueError("loss became NaN")
+    assert Path(claim(RunFolder(tmp_path / "out"))) == folder.checkpoints / "checkpoint-4"
+
+
+# ----------------------------------------------------------------------------- foreign folders
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_user_project_folder_is_refused_and_untouched(tmp_path, overwrite):
+    path = project_folder(tmp_path / "project")
+    before = snapshot(path)
+    with pytest.raises(OutputError, match="not made by hf-transfer"):
+        claim(RunFolder(path, overwrite=overwrite))
+    assert snapshot(path) == before
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_foreign_non_empty_folder_is_refused_even_with_overwrite(tmp_path, overwrite):
-    (tmp_path / "thesis.tex").write_text("precious")
-    with pytest.raises(OutputError, match="not empty and holds no hf-transfer run"):
-        RunFolder(tmp_path, overwrite=overwrite).prepare(RECIPE_YAML)
-    assert (tmp_path / "thesis.tex").read_text() == "precious"
-    assert not (tmp_path / RECIPE_FILE).exists()
+def test_foreign_files_in_our_finished_run_are_refused_and_untouched(tmp_path, overwrite):
+    path = finished_run(tmp_path / "run")
+    (path / "my_notes.txt").write_text("mine")
+    before = snapshot(path)
+    with pytest.raises(OutputError, match="did not write.*my_notes.txt"):
+        claim(RunFolder(path, overwrite=overwrite))
+    assert snapshot(path) == before
+
+
+def test_a_forged_or_broken_marker_does_not_make_a_folder_ours(tmp_path):
+    path = project_folder(tmp_path / "project")
+    (path / OWNER_FILE).write_text('{"entries": ["data", "notes"]}')  # not written by hf-transfer
+    before = snapshot(path)
+    with pytest.raises(OutputError, match="not made by hf-transfer"):
+        claim(RunFolder(path, overwrite=True))
+    assert snapshot(path) == before
+
+
+# ----------------------------------------------------------------------------- places no run may write
+@pytest.mark.parametrize("where", ["cwd", "parent_of_cwd", "home", "root", "proc", "dev_null_child", "dangling_link",
+                                   "data_folder", "inside_data", "above_data", "empty"])
+def test_places_no_run_may_write_are_refused(where, tmp_path, monkeypatch):
+    project = project_folder(tmp_path / "project")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "missing")
+    paths = {"cwd": Path("."), "parent_of_cwd": Path(".."), "home": Path("~").expanduser(), "root": Path("/"),
+             "proc": Path("/proc/self/out"), "dev_null_child": Path("/dev/null/out"), "dangling_link": tmp_path / "link",
+             "data_folder": project / "data", "inside_data": project / "data" / "runs", "above_data": project,
+             "empty": Path("")}
+    before = snapshot(tmp_path)
+    with pytest.raises(OutputError):
+        check_location(paths[where], {"data.path": project / "data"})
+    assert snapshot(tmp_path) == before
+
+
+def test_a_path_under_a_file_names_the_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        check_location(tmp_path / "file" / "out")
 
 
 def test_output_path_that_is_a_file_is_refused(tmp_path):
     path = tmp_path / "file"
     path.write_text("x")
     with pytest.raises(OutputError, match="is a file"):
-        RunFolder(path).prepare(RECIPE_YAML)
+        claim(RunFolder(path))
+    assert path.read_text() == "x"
 
 
+def test_tilde_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert RunFolder("~/runs/a").path == tmp_path / "runs" / "a"
+
+
+# ----------------------------------------------------------------------------- replacing a finished run
+def test_finished_run_is_refused_without_overwrite(tmp_path):
+    path = finished_run(tmp_path / "run")
+    before = snapshot(path)
+    with pytest.raises(OutputError, match="holds a finished run.*output.overwrite=true"):
+        claim(RunFolder(path))
+    assert snapshot(path) == before
+
+
+def test_overwrite_replaces_the_finished_run_only_when_the_new_one_finishes(tmp_path):
+    path = finished_run(tmp_path / "run")
+    folder = RunFolder(path, overwrite=True)
+    with folder.claimed(RECIPE_YAML):
+        assert not folder.is_finished() and (path / PREVIOUS / "model.safetensors").read_bytes() == b"old"
+        staging = folder.staging()
+        (staging / "model.safetensors").write_bytes(b"new")
+        folder.commit_staging()
+        folder.finish({"test": {"accuracy": 0.9}}, keep_checkpoints=False)
+    assert (path / "model.safetensors").read_bytes() == b"new"
+    assert json.loads((path / METRICS_FILE).read_text()) == {"test": {"accuracy": 0.9}}
+    assert not (path / PREVIOUS).exists() and not (path / "plots").exists()  # the old run's files are gone
+    assert read_owner(path).replacing is None
+
+
+@pytest.mark.parametrize("error", [ValueError("bad scheduler kwargs"), KeyboardInterrupt()])
+def test_a_failed_replacement_puts_the_old_run_back_byte_for_byte(tmp_path, error):
+    path = finished_run(tmp_path / "run")
+    before = snapshot(path)
+    with pytest.raises(type(error)):
+        with RunFolder(path, overwrite=True).claimed(RECIPE_YAML):
+            raise error
+    assert snapshot(path) == before
+
+
+def test_an_interrupted_replacement_waits_in_next_and_resumes_with_the_same_command(tmp_path):
+    from test_checkpoints import fake_checkpoint
+
+    path = finished_run(tmp_path / "run")
+    before = snapshot(path)
+    folder = RunFolder(path, overwrite=True)
+    with pytest.raises(KeyboardInterrupt):
+        with folder.claimed(RECIPE_YAML):
+            fake_checkpoint(folder.checkpoints, 6)
+            raise KeyboardInterrupt
+    assert {k: v for k, v in snapshot(path).items() if not k.startswith(NEXT)} == before
+    assert (path / NEXT / "checkpoints" / "checkpoint-6").is_dir()
+    with pytest.raises(OutputError, match="finished run"):  # without overwrite the old run stays
+        claim(RunFolder(path))
+    resumed = claim(RunFolder(path, overwrite=True))
+    assert resumed is not None and Path(resumed) == path / "checkpoints" / "checkpoint-6"
+
+
+def test_every_kill_point_of_a_replacement_keeps_or_completes_the_old_run(tmp_path, monkeypatch):
+    """Kill (no clean-up at all) at each rename and marker write of a replacement; the next start repairs it:
+    afterwards the folder holds the old run byte for byte, or the new one complete."""
+    real_replace = os.replace
+    calls = {"n": 0, "kill_at": -1}
+
+    def replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == calls["kill_at"]:
+            raise Killed
+        return real_replace(src, dst)
+
+    def replacement(path: Path) -> None:
+        folder = RunFolder(path, overwrite=True)
+        with folder.claimed(RECIPE_YAML):
+            staging = folder.staging()
+            (staging / "model.safetensors").write_bytes(b"new")
+            folder.commit_staging()
+            folder.finish({"new": True}, keep_checkpoints=False)
+
+    old = snapshot(finished_run(tmp_path / "probe"))
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    monkeypatch.setattr("hf_transfer.atomic.os.replace", replace)
+    replacement(tmp_path / "probe")
+    total = calls["n"]
+    assert total > 5
+    monkeypatch.setattr(RunFolder, "_abandon", lambda self: None)  # killed: no clean-up runs
+    for kill_at in range(1, total + 1):
+        path = finished_run(tmp_path / f"run{kill_at}")
+        calls.update(n=0, kill_at=kill_at)
+        with pytest.raises(Killed):
+            replacement(path)
+        outputs._HELD.clear()
+        (path / LOCK_FILE).unlink(missing_ok=True)  # the killed process is gone; its lock is stale
+        calls.update(kill_at=-1)
+        try:
+            claim(RunFolder(path))  # the next start, without overwrite
+        except OutputError as error:
+            assert "finished run" in str(error)
+        state = {k: v for k, v in snapshot(path).items() if not k.startswith(NEXT)}
+        if (path / "model.safetensors").read_bytes() == b"new":
+            assert json.loads((path / METRICS_FILE).read_text()) == {"new": True}, kill_at
+        else:
+            assert state == {k.replace("probe", f"run{kill_at}"): v for k, v in old.items()}, kill_at
+
+
+# ----------------------------------------------------------------------------- unfinished runs
 def test_unfinished_run_resumes_from_last_complete_checkpoint(tmp_path):
     from test_checkpoints import fake_checkpoint
 
     folder = RunFolder(tmp_path / "run")
+    claim(folder)
     for step in (5, 10):
         fake_checkpoint(folder.checkpoints, step)
     (folder.checkpoints / "checkpoint-15").mkdir()  # a save that never finished
-    (folder.path / RECIPE_FILE).write_text("old recipe\n")
-    last = folder.prepare(RECIPE_YAML)
+    last = claim(RunFolder(tmp_path / "run"))
     assert last is not None
     assert Path(last) == folder.checkpoints / "checkpoint-10"  # numeric, not lexicographic order
     assert not (folder.checkpoints / "checkpoint-15").exists()
-    assert (folder.path / RECIPE_FILE).read_text() == RECIPE_YAML
 
 
-def test_empty_checkpoints_folder_gives_none(tmp_path):
+def test_overwrite_resumes_an_unfinished_run_of_the_same_recipe(tmp_path, caplog):
+    from test_checkpoints import fake_checkpoint
+
     folder = RunFolder(tmp_path / "run")
-    folder.checkpoints.mkdir(parents=True)
-    (folder.path / RECIPE_FILE).write_text("r")
-    assert folder.prepare(RECIPE_YAML) is None
+    claim(folder)
+    fake_checkpoint(folder.checkpoints, 3)
+    with caplog.at_level("INFO"):
+        last = claim(RunFolder(tmp_path / "run", overwrite=True))
+    assert Path(last) == folder.checkpoints / "checkpoint-3"
+    assert "replaces only finished runs" in caplog.text
 
 
-def test_staging_and_commit_move_files_in(tmp_path):
+def test_overwrite_clears_an_unfinished_run_of_another_recipe_but_only_our_files(tmp_path):
+    from test_checkpoints import fake_checkpoint
+
+    folder = RunFolder(tmp_path / "run")
+    claim(folder, OTHER_YAML)
+    fake_checkpoint(folder.checkpoints, 3)
+    with pytest.raises(OutputError, match="unfinished run of another recipe"):
+        claim(RunFolder(tmp_path / "run"))
+    assert claim(RunFolder(tmp_path / "run", overwrite=True)) is None
+    assert not folder.checkpoints.exists() and (folder.path / RECIPE_FILE).read_text() == RECIPE_YAML
+
+
+# ----------------------------------------------------------------------------- one run at a time
+def test_a_second_run_is_refused_while_the_first_holds_the_folder(tmp_path):
+    path = tmp_path / "run"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claim(RunFolder(path))
+        import socket
+
+        (path / LOCK_FILE).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        with pytest.raises(OutputError, match=f"in use by another hf-transfer run \\(pid {sleeper.pid}"):
+            claim(RunFolder(path))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert claim(RunFolder(path)) is None  # the holder died: its lock is stale and taken over
+    assert not (path / LOCK_FILE).exists()
+
+
+def test_nested_claims_share_the_lock(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    with folder.claimed(RECIPE_YAML):
+        assert (folder.path / LOCK_FILE).is_file()
+        with RunFolder(tmp_path / "run").claimed(RECIPE_YAML):
+            pass
+        assert (folder.path / LOCK_FILE).is_file()
+    assert not (folder.path / LOCK_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- writing
+def test_staging_and_commit_move_files_in_and_record_them(tmp_path):
     folder = RunFolder(tmp_path)
-    folder.prepare(RECIPE_YAML)
-    (tmp_path / "plots").mkdir()
-    (tmp_path / "plots" / "stale.png").write_text("stale")
-    (tmp_path / "config.json").write_text("{\"old\": true}")
-    staging = folder.staging()
-    assert staging.is_dir() and not any(staging.iterdir())
-    (staging / "config.json").write_text("{\"new\": true}")
-    (staging / "model.safetensors").write_bytes(b"weights")
-    (staging / "plots").mkdir()
-    (staging / "plots" / "curve.png").write_text("png")
-    folder.commit_staging()
+    with folder.claimed(RECIPE_YAML):
+        staging = folder.staging()
+        assert staging.is_dir() and not any(staging.iterdir())
+        (staging / "config.json").write_text("{\"new\": true}")
+        (staging / "plots").mkdir()
+        (staging / "plots" / "curve.png").write_text("png")
+        folder.commit_staging()
     assert not staging.exists()
     assert json.loads((tmp_path / "config.json").read_text()) == {"new": True}
-    assert (tmp_path / "model.safetensors").read_bytes() == b"weights"
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["curve.png"]
-
-
-def test_staging_starts_fresh(tmp_path):
-    folder = RunFolder(tmp_path)
-    (folder.staging() / "leftover").write_text("x")
-    assert not any(folder.staging().iterdir())
+    assert {"config.json", "plots"} <= set(read_owner(tmp_path).entries)
 
 
 @pytest.mark.parametrize("keep", [False, True])
 def test_finish_writes_metrics_and_removes_checkpoints_unless_kept(tmp_path, keep):
     folder = RunFolder(tmp_path)
-    folder.prepare(RECIPE_YAML)
-    (folder.checkpoints / "checkpoint-3").mkdir(parents=True)
-    folder.finish({"test": {"accuracy": 0.9}}, keep_checkpoints=keep)
+    with folder.claimed(RECIPE_YAML):
+        (folder.checkpoints / "checkpoint-3").mkdir(parents=True)
+        folder.finish({"test": {"accuracy": 0.9}}, keep_checkpoints=keep)
     assert json.loads((tmp_path / METRICS_FILE).read_text()) == {"test": {"accuracy": 0.9}}
     assert folder.is_finished()
     assert folder.checkpoints.is_dir() is keep
@@ -126,4 +360,7 @@ def test_write_atomic_leaves_no_temporary_files(tmp_path):
     target = write_atomic(tmp_path / "sub" / "a.txt", "hello")
     write_atomic(target, "again")
     assert target.read_text() == "again"
-    assert [p.name for p in target.parent.iterdir()] == ["a.txt"]
+    (tmp_path / "sub" / "folder").mkdir()
+    with pytest.raises(OSError):
+        write_atomic(tmp_path / "sub" / "folder", "cannot replace a folder")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt", "folder"]
