@@ -6,9 +6,12 @@ from typing import Any
 
 from .data.prepare import prepare_data
 from .errors import DataError, ModelError
+from .hub import check_push_target
+from .methods.preflight import method_preflight
 from .models.sources import resolve_model_source
 from .recipe import AUTO, Recipe
 from .tasks.base import get_task
+from .training.preflight import preflight_training
 
 SAMPLE_ROWS = 16
 
@@ -56,14 +59,19 @@ def _check_sample(recipe: Recipe, data) -> int:
 
 
 def check_recipe(recipe: Recipe) -> dict[str, Any]:
-    from .training.outputs import RunFolder
+    from .training.run import run_folder  # the run's own rule for where it may write
 
-    RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite).check(recipe.to_yaml())
+    run_folder(recipe).check(recipe.to_yaml())
+    check_push_target(recipe.output.hub_model_id, recipe.output.push_to_hub)
+    plan = preflight_training(recipe)
     task = get_task(recipe.task)
     seed = int(recipe.training.get("seed", 42))
     data = prepare_data(recipe.data, task.input_roles, seed)
+    plan.check_split_sizes(data.sizes())
     return {
         "task": recipe.task, "model": _model_summary(recipe), "strategy": recipe.strategy.to_mapping(),
         "columns": data.columns, "labels": data.label_names, "splits": data.sizes(), "split_sources": data.sources,
-        "rows_checked": _check_sample(recipe, data), "output_dir": recipe.output.dir,
+        "method": method_preflight(recipe, data.label_names),
+        "rows_checked": _check_sample(recipe, data), "output_dir": recipe.output.dir, "notes": data.notes,
+        "training": plan.summary(data.sizes()),
     }

@@ -15,6 +15,7 @@ from typing import Callable
 from .errors import HfTransferError, user_message
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,17 +51,18 @@ def cmd_check(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation.evaluate import evaluate_model
+    from .errors import RecipeError
+    from .evaluation.evaluate import check_output_path, evaluate_model, write_report
 
+    if args.batch_size < 1:
+        raise RecipeError(f"--batch-size must be a whole number of at least 1; got {args.batch_size}.")
+    if args.output:
+        check_output_path(args.output, "--output")
     report = evaluate_model(args.model_dir, args.data, split=args.split, overrides=args.overrides,
                             batch_size=args.batch_size)
     text = json.dumps(report, indent=2)
     if args.output:
-        from pathlib import Path
-
-        from .training.outputs import write_atomic
-
-        write_atomic(Path(args.output), text + "\n")
+        write_report(args.output, text + "\n")
     print(text if not args.output else f"accuracy {report['accuracy']:.4f}; report written to {args.output}")
     return 0
 
@@ -108,9 +110,9 @@ def cmd_rank(args) -> int:
     from .transferability.ranking import rank_candidates
     from .transferability.report import check_output, markdown_table, summary, write_ranking
 
-    recipe = rank_recipe(args)
     output = Path(args.output)
     check_output(output, args.overwrite)
+    recipe = rank_recipe(args)
     ranking = rank_candidates(recipe, max_samples=args.max_samples)
     write_ranking(ranking, output, overwrite=args.overwrite)
     print(f"\n{summary(ranking)}\n\n{markdown_table(ranking)}\n\nWrote {output}/ranking.json, ranking.md, ranking.png")
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank.set_defaults(run=cmd_rank)
     push = commands.add_parser("push", help="upload a finished model folder to the Hub")
     push.add_argument("model_dir")
-    push.add_argument("repo_id")
+    push.add_argument("repo_id", help="Hub repo id, e.g. user/model-name")
     push.add_argument("--private", action="store_true")
     push.set_defaults(run=cmd_push)
     return parser
@@ -187,6 +189,12 @@ def run_cli(argv: list[str] | None, default: Callable | None = None) -> int:
             raise
         print(f"error: {user_message(error)}", file=sys.stderr)
         return getattr(error, "exit_code", EXIT_USER_ERROR)
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading, evaluating, writing); training handles its own
+        if args.debug:
+            raise
+        print("error: interrupted (Ctrl-C); nothing finished was written and checkpoints already saved are kept. "
+              "Run the same command again to start or resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> None:

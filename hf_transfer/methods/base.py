@@ -13,6 +13,7 @@ from ..models.layout import ParameterLayout
 if TYPE_CHECKING:
     from ..data.prepare import PreparedData
     from ..recipe import Recipe
+    from ..tasks.base import TaskAdapter
     from ..training.trainer import TransferTrainer
 
 
@@ -31,6 +32,15 @@ class Method:
 
     def __init__(self, options: Any) -> None:
         self.options = options
+
+    def preflight(self, recipe: "Recipe", task: "TaskAdapter", label_names: list[str] | None = None) -> dict[str, Any]:
+        """Check what :meth:`setup` will load (a teacher, target data) before anything trains or is written.
+
+        A mistake in the ``method`` section then stops ``hf-transfer check`` and the run's pre-flight with one
+        error naming the field. ``label_names`` are the run's labels once its data is prepared; checks against
+        them are skipped without. Returns a summary for ``hf-transfer check``.
+        """
+        return {}
 
     def setup(self, recipe: "Recipe", data: "PreparedData", trainer: "TransferTrainer") -> None:
         """Called once the trainer exists (the model is on its device), before training."""

@@ -17,12 +17,13 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..data.prepare import LABEL, column_values, prepare_data
+from ..data.prepare import LABEL, PreparedData, column_values, prepare_data
 from ..data.sampling import per_class_indices
 from ..errors import DataError, RecipeError
 from ..models.layout import discover_layout
-from ..recipe import DataSection
-from ..tasks.base import get_task
+from ..models.weights import where
+from ..recipe import DataSection, Recipe
+from ..tasks.base import TaskAdapter, get_task
 from . import register_method
 from .base import Method, classifier_layer, unwrap
 
@@ -81,6 +82,29 @@ def reversal_coefficient(progress: float, gamma: float = 10.0) -> float:
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
 
 
+def target_section(recipe: Recipe, target: DataSection) -> DataSection:
+    """The target data read like ``data``, with the source's image size, crop, max_length and augmentation."""
+    source = recipe.data
+    return dataclasses.replace(target, image_size=source.image_size, crop_pct=source.crop_pct,
+                               max_length=source.max_length, augmentation=source.augmentation)
+
+
+def load_target(section: DataSection, task: TaskAdapter, seed: int,
+                label_names: list[str] | None = None) -> PreparedData:
+    """``prepare_data`` on the target section, its errors naming ``method.target`` rather than ``data``."""
+    try:
+        target = prepare_data(section, task.input_roles, seed)
+    except DataError as error:
+        text = str(error)
+        text = (text.replace("'data.", "'method.target.") if "'data." in text
+                else f"{where('method.target.path', section.path)}: {text}")
+        raise DataError(text) from None
+    if label_names is not None and target.label_names != list(label_names):
+        raise DataError(f"{where('method.target', section.path)} has labels {target.label_names[:10]} but the "
+                        f"source data has {list(label_names)[:10]}; DANN needs one label set in the same order.")
+    return target
+
+
 def domain_classifier(in_features: int, hidden: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                          nn.Linear(hidden, 1))
@@ -118,6 +142,13 @@ class DANN(Method):
         self.coefficient = 0.0
         self._labelled_indices: list[int] | None = None
 
+    def preflight(self, recipe, task, label_names: list[str] | None = None) -> dict[str, Any]:
+        """The target data loads with the task's columns (and, given the run's labels, the same label set)."""
+        section = target_section(recipe, self.options.target)
+        target = load_target(section, task, int(recipe.training.get("seed", 42)), label_names)
+        return {"target": {"path": section.path, "columns": target.columns, "labels": target.label_names,
+                           "splits": target.sizes()}}
+
     def setup(self, recipe, data, trainer) -> None:
         self.trainer = trainer
         model = unwrap(trainer.model)
@@ -139,14 +170,9 @@ class DANN(Method):
             self.labelled = endless(self._loader(labelled, self.trainer, seed + 1))
 
     def _target_inputs(self, recipe, data, trainer):
-        source = recipe.data
-        section = dataclasses.replace(self.options.target, image_size=source.image_size, crop_pct=source.crop_pct,
-                                      max_length=source.max_length, augmentation=source.augmentation)
+        section = target_section(recipe, self.options.target)
         task = get_task(recipe.task)
-        target = prepare_data(section, task.input_roles, int(trainer.args.seed))
-        if target.label_names != data.label_names:
-            raise DataError(f"'method.target' = '{section.path}' has labels {target.label_names[:10]} but the source "
-                            f"data has {data.label_names[:10]}; DANN needs one label set in the same order.")
+        target = load_target(section, task, int(trainer.args.seed), data.label_names)
         target_recipe = dataclasses.replace(recipe, data=section)
         return task.model_inputs(target_recipe, target, unwrap(trainer.model), trainer.processing_class), target
 

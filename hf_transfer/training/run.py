@@ -21,16 +21,18 @@ from ..hub import check_push_target
 from ..features import build_cached_inputs, collate_features
 from ..evaluation.metrics import classification_report, metrics_for_trainer
 from ..methods import create_method
+from ..methods.preflight import method_preflight
 from ..models.layout import discover_layout
 from ..models.sources import resolve_model_source
 from ..recipe import AUTO, Recipe
 from ..strategies import create_strategy
 from ..tasks.base import ModelInputs, get_task
-from .arguments import build_training_arguments, default_num_workers, distributed_state
+from .arguments import build_training_arguments, distributed_state, task_training_defaults
 from .checkpoints import CheckpointManifest, last_complete_checkpoint
 from .export import write_run_outputs
 from .guards import GracefulStop, NonFiniteLossGuard
 from .outputs import METRICS_FILE, RunFolder, record
+from .preflight import preflight_training
 from .trainer import TransferTrainer
 
 logger = logging.getLogger(__name__)
@@ -58,13 +60,6 @@ def evaluate_split(trainer: TransferTrainer, dataset, label_names: list[str], pr
     return report
 
 
-def _task_defaults(task) -> dict[str, Any]:
-    defaults = dict(task.training_defaults)
-    if defaults.get("dataloader_num_workers") == "auto":
-        defaults["dataloader_num_workers"] = default_num_workers()
-    return defaults
-
-
 def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> TransferTrainer:
     """Everything up to a ready ``Trainer``: model, strategy, preprocessing and arguments."""
     task = get_task(recipe.task)
@@ -73,7 +68,7 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
     strategy.prepare(model)
     with distributed_state().main_process_first():  # rank 0 fills the datasets cache, the others reuse it
         inputs = task.model_inputs(recipe, data, model, processor)
-    args = build_training_arguments(recipe.training, checkpoints, _task_defaults(task))
+    args = build_training_arguments(recipe.training, checkpoints, task_training_defaults(task))
     loss_guard = NonFiniteLossGuard(on_nonfinite=recipe.evaluation.on_nonfinite_loss)
     method = create_method(recipe.method.name, recipe.method.options) if recipe.method.name else None
     callbacks = [*strategy.callbacks(), *(method.callbacks() if method else []), loss_guard, GracefulStop(),
@@ -83,7 +78,7 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
     cached = build_cached_inputs(recipe, data, model, processor, strategy, inputs, args)
     if cached is not None:  # the head trains on cached features: no decoding, no backbone pass
         args = build_training_arguments({**recipe.training, "dataloader_num_workers": 0,
-                                         "train_sampling_strategy": "random"}, checkpoints, _task_defaults(task))
+                                         "train_sampling_strategy": "random"}, checkpoints, task_training_defaults(task))
         inputs = ModelInputs(train=cached.train, validation=cached.validation, test=cached.test,
                              collator=collate_features)
     elif inputs.eval_decodes and recipe.data.eval_memory_mb and not args.dataloader_num_workers:
@@ -203,9 +198,12 @@ def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetr
         folder.check(recipe.to_yaml())
         check_push_target(recipe.output.hub_model_id, recipe.output.push_to_hub)
     resolve_model_source(recipe.model.name_or_path, recipe.task)
+    plan = preflight_training(recipe)
     if data is None:
         with state.main_process_first():
             data = prepare_data(recipe.data, task.input_roles, seed)
+    plan.check_split_sizes(data.sizes())
+    method_preflight(recipe, data.label_names)
     logger.info("Data: %s; %d labels", data.sizes(), len(data.label_names))
     with ExitStack() as claim:
         with state.main_process_first():  # rank 0 claims the folder; the others then find the same checkpoint

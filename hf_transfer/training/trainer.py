@@ -1,6 +1,7 @@
 """``Trainer`` with the strategy's parameter groups, soft-target (mixup/cutmix) losses and method loss terms.
 
-Only ``train``, ``evaluate`` and ``predict`` (garbage collection, see ``gc_frozen``), ``create_optimizer``,
+Only ``train``, ``evaluate`` and ``predict`` (garbage collection, see ``gc_frozen``), ``get_train_dataloader``
+(no last batch of one example for BatchNorm), ``create_optimizer``,
 ``compute_loss`` (which also hands each training loss to the non-finite-loss guard and adds the transfer
 method's terms), ``floating_point_ops`` (parameters counted once) and ``log`` (per-term losses) are
 overridden; the loop is transformers' own.
@@ -8,7 +9,9 @@ overridden; the loop is transformers' own.
 
 from __future__ import annotations
 
+import copy
 import gc
+import logging
 from collections import defaultdict
 from contextlib import contextmanager
 from typing import Iterator
@@ -18,6 +21,8 @@ from transformers import Trainer
 
 from ..methods import Method
 from ..strategies import Strategy
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -63,6 +68,36 @@ class TransferTrainer(Trainer):
     def predict(self, *args, **kwargs):
         with gc_frozen():
             return super().predict(*args, **kwargs)
+
+    def get_train_dataloader(self):
+        """Trainer's loader, dropping the last batch when it would hold one example and the model has BatchNorm.
+
+        BatchNorm cannot normalise a single example in training mode ("Expected more than 1 value per channel"),
+        so e.g. 9 images in batches of 4 would crash at the end of the first epoch. With several processes the
+        batch per process counts; accelerate's ``even_batches`` (the default) fills a short last batch from the
+        start of the data, so then none is that small.
+        """
+        if not self._last_batch_is_single():
+            return super().get_train_dataloader()
+        logger.warning("The last training batch of each epoch would hold 1 of %d examples and the model has "
+                       "BatchNorm, which cannot train on a single example: that batch is dropped.",
+                       len(self.train_dataset))
+        args = self.args
+        self.args = copy.copy(args)  # drop_last for the training loader only, not for evaluation
+        self.args.dataloader_drop_last = True
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args = args
+
+    def _last_batch_is_single(self) -> bool:
+        if self.args.dataloader_drop_last or not hasattr(self.train_dataset, "__len__"):
+            return False
+        if self.args.world_size > 1 and self.accelerator.even_batches:
+            return False
+        batchnorm = torch.nn.modules.batchnorm._BatchNorm
+        return (len(self.train_dataset) % self._train_batch_size == 1
+                and any(isinstance(module, batchnorm) for module in self.model.modules()))
 
     def floating_point_ops(self, inputs: dict[str, torch.Tensor]) -> int:
         """Trainer's estimate (6 x input elements x non-embedding parameters), counting the parameters once.

@@ -47,7 +47,7 @@ def test_a_folder_with_only_pytorch_model_bin_is_refused_unopened(tiny_bert_dir,
 def test_hub_style_loading_also_requires_safetensors(tiny_bert_dir, tmp_path, monkeypatch):
     """Behind the pre-flight, from_pretrained(use_safetensors=True) refuses the .bin rather than loading it."""
     folder, sentinel = legacy_folder(tmp_path, tiny_bert_dir)
-    monkeypatch.setattr(sources, "refuse_pickled_weights", lambda path, name: None)
+    monkeypatch.setattr(sources, "refuse_pickled_weights", lambda path, name, field: None)
     recipe = Recipe.from_dict({"task": "text-classification", "model": {"name_or_path": str(folder)},
                                "data": {"path": "unused"}})
     with pytest.raises(ModelError, match="model.safetensors"):

@@ -151,9 +151,12 @@ def test_run_folder_refuses_names_outside_itself(tmp_path, name):
     assert not (tmp_path / "escaped.json").exists() and not (tmp_path / "x.json").exists()
 
 
-def test_run_folder_writes_inside_itself(tmp_path):
+def test_run_folder_writes_inside_itself_and_only_once_claimed(tmp_path):
     folder = RunFolder(tmp_path / "run")
-    assert folder.write_json("plots/a.json", {"x": 1}) == tmp_path / "run" / "plots" / "a.json"
+    with pytest.raises(OutputError, match="writes only into folders it claimed"):
+        folder.write_json("plots/a.json", {"x": 1})
+    with folder.claimed("task: text-classification\n"):
+        assert folder.write_json("plots/a.json", {"x": 1}) == tmp_path / "run" / "plots" / "a.json"
 
 
 def test_recipe_name_cannot_move_the_default_output_dir():
