@@ -18,6 +18,23 @@ import yaml
 from .errors import RecipeError
 
 
+MAX_QUOTED = 200
+"""Characters of a user's value quoted in an error message; a pasted file or an alias bomb stays readable."""
+
+
+def short(value: Any, limit: int = MAX_QUOTED) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so that one error line stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def boolean_for_string(field_path: str, value: Any, example: str = "no", choices: Iterable[str] = ()) -> RecipeError:
+    """YAML 1.1 reads unquoted no/yes/on/off as booleans: say so where a string was expected."""
+    listing = f" Choices: {', '.join(choices)}." if choices else ""
+    return RecipeError(f"'{field_path}' is {value}, not a string: YAML reads unquoted no/yes/on/off/true/false as "
+                       f"booleans; quote the value, e.g. {field_path.rpartition('.')[2]}: \"{example}\".{listing}")
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return matches[0] if matches else None
@@ -46,22 +63,25 @@ def coerce(value: Any, annotation: Any, field_path: str) -> Any:
                 return coerce(value, option, field_path)
             except RecipeError as error:
                 errors.append(str(error))
-        raise RecipeError(errors[0] if len(errors) == 1 else f"'{field_path}': {value!r} fits none of {annotation}.")
+        raise RecipeError(errors[0] if len(errors) == 1
+                          else f"'{field_path}': {short(value)} fits none of {annotation}.")
     if origin is typing.Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
+            raise boolean_for_string(field_path, value, str(args[0]), map(str, args))
         if value not in args:
-            raise RecipeError(f"'{field_path}' must be one of {', '.join(map(repr, args))}; got {value!r}.")
+            raise RecipeError(f"'{field_path}' must be one of {', '.join(map(repr, args))}; got {short(value)}.")
         return value
     if origin is list or origin is tuple:
         if isinstance(value, str):
             value = [v for v in (s.strip() for s in value.split(",")) if v]
         if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"'{field_path}' must be a list; got {value!r}.")
+            raise RecipeError(f"'{field_path}' must be a list; got {short(value)}.")
         inner = args[0] if args else Any
         items = [coerce(v, inner, f"{field_path}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
-            raise RecipeError(f"'{field_path}' must be a mapping; got {value!r}.")
+            raise RecipeError(f"'{field_path}' must be a mapping; got {short(value)}.")
         return dict(value)
     if dataclasses.is_dataclass(annotation):
         return from_dict(annotation, value, field_path + ".")
@@ -70,29 +90,31 @@ def coerce(value: Any, annotation: Any, field_path: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
             return value.lower() in {"true", "yes", "1"}
-        raise RecipeError(f"'{field_path}' must be true or false; got {value!r}.")
+        raise RecipeError(f"'{field_path}' must be true or false; got {short(value)}.")
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, (int, str, float)):
-            raise RecipeError(f"'{field_path}' must be an integer; got {value!r}.")
+            raise RecipeError(f"'{field_path}' must be an integer; got {short(value)}.")
         try:
             number = float(value)
         except ValueError:
-            raise RecipeError(f"'{field_path}' must be an integer; got {value!r}.") from None
+            raise RecipeError(f"'{field_path}' must be an integer; got {short(value)}.") from None
         if not number.is_integer():
-            raise RecipeError(f"'{field_path}' must be an integer; got {value!r}.")
+            raise RecipeError(f"'{field_path}' must be an integer; got {short(value)}.")
         return int(number)
     if annotation is float:
         if isinstance(value, bool):
-            raise RecipeError(f"'{field_path}' must be a number; got {value!r}.")
+            raise RecipeError(f"'{field_path}' must be a number; got {short(value)}.")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise RecipeError(f"'{field_path}' must be a number; got {value!r}.") from None
+            raise RecipeError(f"'{field_path}' must be a number; got {short(value)}.") from None
     if annotation is str:
+        if isinstance(value, bool):
+            raise boolean_for_string(field_path, value, "yes" if value else "no")
         if value is None:
             raise RecipeError(f"'{field_path}' must not be empty.")
         if isinstance(value, (dict, list)):
-            raise RecipeError(f"'{field_path}' must be a string; got {value!r}.")
+            raise RecipeError(f"'{field_path}' must be a string; got {short(value)}.")
         return str(value)
     return value
 
@@ -102,7 +124,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(f"'{prefix.rstrip('.') or 'recipe'}' must be a mapping of keys to values; got {data!r}.")
+        raise RecipeError(f"'{prefix.rstrip('.') or 'recipe'}' must be a mapping of keys to values; got {short(data)}.")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -135,21 +157,22 @@ def to_dict(obj: Any) -> Any:
 def apply_override(tree: dict, assignment: str) -> None:
     """Apply one ``a.b.c=value`` assignment; the value is parsed as YAML (``3e-5``, ``true``, ``[1, 2]``)."""
     if "=" not in assignment:
-        raise RecipeError(f"Override '{assignment}' must look like section.field=value (e.g. training.learning_rate=3e-5).")
+        raise RecipeError(f"Override {short(assignment)} must look like section.field=value "
+                          "(e.g. training.learning_rate=3e-5).")
     path, raw = assignment.split("=", 1)
     keys = [k for k in path.strip().split(".") if k]
     if not keys:
-        raise RecipeError(f"Override '{assignment}' has no field name before '='.")
+        raise RecipeError(f"Override {short(assignment)} has no field name before '='.")
     try:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as error:
-        problem = str(error).splitlines()[0]
-        raise RecipeError(f"Override '{assignment}': the value is not valid YAML ({problem}).") from None
+        raise RecipeError(f"Override {short(assignment)}: the value is not valid YAML "
+                          f"({yaml_problem(error)}).") from None
     node: Any = tree
     for depth, key in enumerate(keys):
         if isinstance(node, list):  # ``stages.0.data.path``: a list index
             if not key.isdigit() or int(key) >= len(node):
-                raise RecipeError(f"Override '{assignment}': '{'.'.join(keys[:depth])}' is a list of {len(node)}; "
+                raise RecipeError(f"Override {short(assignment)}: '{'.'.join(keys[:depth])}' is a list of {len(node)}; "
                                   f"'{key}' is not an index in it (0 to {len(node) - 1}).")
             key = int(key)
         if depth == len(keys) - 1:
@@ -159,12 +182,56 @@ def apply_override(tree: dict, assignment: str) -> None:
         if child is None:
             child = node[key] = {}
         if not isinstance(child, (dict, list)):
-            raise RecipeError(f"Override '{assignment}': '{keys[depth]}' is a value, not a section.")
+            raise RecipeError(f"Override {short(assignment)}: '{keys[depth]}' is a value, not a section.")
         node = child
 
 
+MAX_EXPANDED_VALUES = 100_000
+"""Values a recipe may hold once YAML aliases (``*name``) are expanded; a "billion laughs" file holds ~10^9."""
+
+
 class RecipeLoader(yaml.SafeLoader):
-    """Safe YAML loading that reads ``3e-5`` as a number: YAML 1.1 (PyYAML) needs a dot, recipes don't."""
+    """Safe YAML loading that reads ``3e-5`` as a number (YAML 1.1 (PyYAML) needs a dot, recipes don't),
+    refuses duplicate keys (PyYAML keeps the last one silently) and aliases that expand without bound."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # ``<<: *base`` keys may be overridden; that is what merging is for
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {short(key)} appears twice, on lines {seen[key].start_mark.line + 1} "
+                        f"and {key_node.start_mark.line + 1} (the second would silently replace the first): "
+                        "merge them into one")
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values ``node`` stands for once aliases are expanded (shared nodes counted at every use)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it (a recursive "
+                                          "structure); write the values out", node.start_mark)
+    open_nodes.add(id(node))
+    children = [] if isinstance(node, yaml.ScalarNode) else (
+        [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else node.value)
+    total = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in children)
+    if total > MAX_EXPANDED_VALUES:
+        raise yaml.composer.ComposerError(None, None, f"aliases (*name) expand to more than {MAX_EXPANDED_VALUES:,} "
+                                          "values; write the values out instead of nesting aliases", node.start_mark)
+    open_nodes.discard(id(node))
+    sizes[id(node)] = total
+    return total
 
 
 RecipeLoader.add_implicit_resolver(
@@ -172,6 +239,15 @@ RecipeLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: the problem and where (PyYAML's own message spans several lines)."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f"{error.problem or error.context}{where}"
+    return " ".join(str(error).split())
 
 
 def load_yaml(text: str) -> Any:

@@ -35,10 +35,18 @@ class TrainingInterrupted(HfTransferError):
         self.exit_code = 128 + signal_number
 
 
+MAX_MESSAGE = 1000
+"""Characters of one error line; longer ones (a library's message quoting a whole file) keep both ends."""
+
+
 def user_message(error: BaseException) -> str:
-    """The error's own message, without the worker traceback torch's DataLoader adds when re-raising it."""
+    """The error's own message on one line, without the worker traceback torch's DataLoader adds when
+    re-raising it, and cut in the middle when huge so that both what went wrong and how to fix it remain."""
     text = str(error)
     if "Original Traceback" in text:
         last = text.rstrip().splitlines()[-1]
         text = last.partition(f"{type(error).__name__}: ")[2] or last
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    if len(text) > MAX_MESSAGE:
+        text = f"{text[: MAX_MESSAGE * 2 // 3]} [...] {text[-MAX_MESSAGE // 3:]}"
     return text

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .cache import cache_root
 from .data.prepare import LABEL, column_values
 
 logger = logging.getLogger(__name__)
@@ -36,9 +37,8 @@ FORMAT_VERSION = 1
 
 
 def cache_dir() -> Path:
-    """``$HF_TRANSFER_CACHE/features``, else ``~/.cache/hf_transfer/features`` (``$XDG_CACHE_HOME`` honoured)."""
-    root = os.environ.get("HF_TRANSFER_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_transfer"
-    return Path(root) / "features"
+    """``features/`` in the hf-transfer cache (``hf_transfer.cache.cache_root``)."""
+    return cache_root() / "features"
 
 
 # ------------------------------------------------------------------------------------------ head adapters

@@ -7,21 +7,75 @@ validated here, before any model or data is loaded.
 
 from __future__ import annotations
 
+import codecs
 import copy
+import dataclasses
+import enum
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from .config_utils import apply_override, closest, from_dict, load_yaml, to_dict, unknown_key_error
+from .config_utils import (apply_override, boolean_for_string, closest, from_dict, load_yaml, short, to_dict,
+                           unknown_key_error, yaml_problem)
 from .errors import RecipeError
 
 AUTO = "auto"
 """``model.name_or_path: auto``: choose among ``model.candidates`` by a transferability score."""
 Task = Literal["image-classification", "text-classification"]
 TASKS: tuple[str, ...] = ("image-classification", "text-classification")
+
+
+MAX_RECIPE_BYTES = 1 << 20
+"""A recipe is a page of settings; anything larger is the wrong file (or a YAML bomb)."""
+
+
+def _read_recipe_text(path: Path) -> str:
+    """The recipe file's text, refusing folders, huge files and encodings other than UTF-8."""
+    if path.is_dir():
+        raise RecipeError(f"Recipe path '{path}' is a folder, not a file: pass the recipe's .yaml file "
+                          "(e.g. recipes/quickstart.yaml).")
+    if not path.is_file():
+        raise RecipeError(f"Recipe file '{path}' does not exist.")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"Recipe file '{path}' is {size / 2**20:.1f} MB; a recipe is a small YAML file "
+                          f"(at most {MAX_RECIPE_BYTES >> 20} MB). Check that this is the right file.")
+    raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\0" in raw[:1024]:
+        raise RecipeError(f"Recipe file '{path}' is UTF-16 encoded; save it as UTF-8 "
+                          "(e.g. iconv -f utf-16 -t utf-8, or 'UTF-8' in the editor's save dialog).")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise RecipeError(f"Recipe file '{path}' is not UTF-8 (byte 0x{raw[error.start]:02x} on line {line}, "
+                          "e.g. Latin-1 or Windows-1252); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
+
+
+def _parse_recipe_text(text: str, path: Path) -> Any:
+    """Parse recipe YAML; an error is one line naming the file and the line."""
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as error:
+        raise RecipeError(f"Recipe file '{path}' is not valid YAML: {yaml_problem(error)}.") from None
+
+
+def _check_training_booleans(training: dict[str, Any]) -> None:
+    """``eval_strategy: no`` reaches ``TrainingArguments`` as False (YAML 1.1): name it and say to quote it."""
+    from transformers import TrainingArguments
+
+    types_by_name = {f.name: f.type for f in dataclasses.fields(TrainingArguments)}
+    for key, value in training.items():
+        options = typing.get_args(types_by_name.get(key)) or (types_by_name.get(key),)
+        if not isinstance(value, bool) or bool in options or str not in options:
+            continue
+        choices = [str(m.value) for o in options if isinstance(o, type) and issubclass(o, enum.Enum) for m in o]
+        example = ("no" if "no" in choices else choices[0]) if choices else ("none" if key == "report_to" else "...")
+        raise boolean_for_string(f"training.{key}", value, example, choices)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -55,10 +109,25 @@ class ModelSection:
         _require(not auto or bool(self.candidates), "'model.name_or_path' is 'auto' but 'model.candidates' is empty: "
                  "list the backbones to choose from, e.g. candidates: [pypi:mobilenetv2_100.tv_in1k, ...].")
         _require(auto or not self.candidates, f"'model.candidates' is set but 'model.name_or_path' is "
-                 f"'{self.name_or_path}': set name_or_path: auto to choose among them, or remove candidates.")
-        _require(self.rank_by in SCORES, f"'model.rank_by' = '{self.rank_by}' is not a score; "
+                 f"{short(self.name_or_path)}: set name_or_path: auto to choose among them, or remove candidates.")
+        _require(self.rank_by in SCORES, f"'model.rank_by' = {short(self.rank_by)} is not a score; "
                  f"available: {', '.join(SCORES)}.")
         _require(self.rank_max_samples > 0, "'model.rank_max_samples' must be a positive integer.")
+
+
+AUTO_AUGMENT_FORMS = ("rand-m9-mstd0.5 (RandAugment: rand-m<magnitude>-n<ops>-mstd<std>)", "augmix-m5-w3 (AugMix)",
+                      "original, originalr, v0, v0r or 3a (AutoAugment, e.g. original-mstd0.5)")
+
+
+def _check_auto_augment(policy: str) -> None:
+    """Build the policy with timm's own factory, as training will; timm asserts on an unknown one."""
+    from timm.data import create_transform
+
+    try:
+        create_transform(input_size=32, is_training=True, auto_augment=policy)
+    except Exception:  # timm's parsers raise AssertionError, ValueError, KeyError, ... on a bad string
+        raise RecipeError(f"'data.augmentation.auto_augment' = {short(policy)} is not a timm augmentation policy. "
+                          f"Valid forms: {'; '.join(AUTO_AUGMENT_FORMS)}; or leave it empty (null).") from None
 
 
 @dataclass
@@ -70,7 +139,8 @@ class AugmentationSection:
     hflip: float = 0.5
     vflip: float = 0.0
     auto_augment: str | None = None
-    """timm policy string: ``rand-m9-mstd0.5`` (RandAugment), ``trivialaugment``, ``augmix-m5-w3``, ``original``."""
+    """timm policy string: ``rand-m9-mstd0.5`` (RandAugment), ``augmix-m5-w3`` (AugMix), or an AutoAugment
+    policy ``original``, ``originalr``, ``v0``, ``v0r``, ``3a`` (optionally ``-mstd0.5``)."""
     color_jitter: float = 0.0
     re_prob: float = 0.0
     mixup_alpha: float = 0.0
@@ -78,12 +148,16 @@ class AugmentationSection:
 
     def __post_init__(self) -> None:
         _require(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1,
-                 f"'data.augmentation.scale' must be [min, max] with 0 < min <= max <= 1; got {self.scale}.")
+                 f"'data.augmentation.scale' must be [min, max] with 0 < min <= max <= 1; got {short(self.scale)}.")
         for name in ("hflip", "vflip", "re_prob"):
             value = getattr(self, name)
             _require(0 <= value <= 1, f"'data.augmentation.{name}' is a probability in [0, 1]; got {value}.")
         for name in ("mixup_alpha", "cutmix_alpha"):
             _require(getattr(self, name) >= 0, f"'data.augmentation.{name}' must be >= 0.")
+        _require(0 <= self.color_jitter <= 10, "'data.augmentation.color_jitter' is the brightness/contrast/"
+                 f"saturation jitter strength, from 0 (off) to 10, e.g. 0.4; got {self.color_jitter}.")
+        if self.auto_augment:
+            _check_auto_augment(self.auto_augment)
 
     @property
     def mixes(self) -> bool:
@@ -165,7 +239,7 @@ class StrategySection:
         if isinstance(data, str):
             data = {"name": data}
         if not isinstance(data, dict):
-            raise RecipeError(f"'strategy' must be a mapping like {{name: full}}; got {data!r}.")
+            raise RecipeError(f"'strategy' must be a mapping like {{name: full}}; got {short(data)}.")
         data = dict(data)
         name = str(data.pop("name", "full"))
         options = from_dict(STRATEGIES.lookup(name).Options, data, "strategy.")
@@ -191,7 +265,7 @@ class MethodSection:
         if isinstance(data, str):
             data = {"name": data}
         if not isinstance(data, dict):
-            raise RecipeError(f"'method' must be a mapping like {{name: l2sp, alpha: 0.1}}; got {data!r}.")
+            raise RecipeError(f"'method' must be a mapping like {{name: l2sp, alpha: 0.1}}; got {short(data)}.")
         data = dict(data)
         if data.get("name") is None:
             raise RecipeError(f"'method.name' is missing. Available: {METHODS.available()}.")
@@ -231,7 +305,7 @@ class EvaluationSection:
         if self.learning_curve is not None:
             _require(bool(self.learning_curve) and all(0 < f <= 1 for f in self.learning_curve),
                      "'evaluation.learning_curve' must list train fractions in (0, 1], e.g. [0.1, 0.5, 1.0]; "
-                     f"got {self.learning_curve}.")
+                     f"got {short(self.learning_curve)}.")
             self.learning_curve = sorted(set(self.learning_curve))
 
 
@@ -250,6 +324,11 @@ class OutputSection:
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.dir is not None:
+            _require(isinstance(self.dir, str) and bool(self.dir.strip()),
+                     f"'output.dir' = {self.dir!r} must name a folder, e.g. runs/my-run (or leave it out for "
+                     "runs/<recipe name>).")
+            self.dir = os.path.expanduser(self.dir)
         _require(not self.push_to_hub or bool(self.hub_model_id),
                  "'output.push_to_hub' is true but 'output.hub_model_id' is empty: set it to 'user/model-name'.")
 
@@ -276,13 +355,14 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             hint = closest(str(self.task), TASKS)
-            raise RecipeError(f"Unknown task '{self.task}'." + (f" Did you mean '{hint}'?" if hint else "")
+            raise RecipeError(f"Unknown task {short(self.task)}." + (f" Did you mean '{hint}'?" if hint else "")
                               + f" Supported: {', '.join(TASKS)}.")
         from .training.arguments import validate_training_section
 
+        _check_training_booleans(self.training)
         validate_training_section(self.training)
         _require(self.name not in ("", ".", "..") and not any(c in self.name for c in "/\\\0"),
-                 f"'name' = {self.name!r} must be a plain name (it names the default output folder runs/<name>); "
+                 f"'name' = {short(self.name)} must be a plain name (it names the default output folder runs/<name>); "
                  "no '/', '\\' or '..'.")
         if self.output.dir is None:
             self.output.dir = str(Path("runs") / self.name)
@@ -333,12 +413,7 @@ class Recipe:
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "Recipe":
         """Load a recipe file; ``overrides`` are ``section.field=value`` strings as on the command line."""
         path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"Recipe file '{path}' does not exist.")
-        try:
-            data = load_yaml(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise RecipeError(f"Recipe file '{path}' is not valid YAML: {error}") from None
+        data = _parse_recipe_text(_read_recipe_text(path), path)
         if data is None:
             raise RecipeError(f"Recipe file '{path}' is empty.")
         if not isinstance(data, dict):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from datasets import ClassLabel, Dataset, DatasetDict, Value
 
+from ..config_utils import short
 from ..errors import DataError
 from ..recipe import DataSection
 from .sampling import per_class_indices, stratified_indices, stratified_split
@@ -41,6 +42,8 @@ class PreparedData:
     sources: dict[str, str] = field(default_factory=dict)
     skipped: list[BadRow] = field(default_factory=list)
     """Rows dropped by ``data.on_bad_example: skip`` (indices into the raw splits)."""
+    notes: list[str] = field(default_factory=list)
+    """Things the recipe asked for that the data could not give exactly (e.g. a validation fraction)."""
 
     def sizes(self) -> dict[str, int]:
         sizes = {"train": len(self.train), "validation": len(self.validation)}
@@ -57,7 +60,7 @@ def column_values(split: Dataset, column: str) -> list:
 def resolve_column(role: str, requested: str | None, available: list[str], required: bool = True) -> str | None:
     if requested is not None:
         if requested not in available:
-            raise DataError(f"'data.{role}_column' = '{requested}' is not a column of the data. "
+            raise DataError(f"'data.{role}_column' = {short(requested)} is not a column of the data. "
                             f"Columns: {', '.join(available)}.")
         return requested
     for candidate in COLUMN_CANDIDATES[role]:
@@ -69,6 +72,19 @@ def resolve_column(role: str, requested: str | None, available: list[str], requi
     return None
 
 
+def _require_distinct(columns: dict[str, str], section: DataSection) -> None:
+    """One column cannot be both input and label (the model would read its answer) or two inputs at once."""
+    roles_by_column: dict[str, list[str]] = {}
+    for role, column in columns.items():
+        roles_by_column.setdefault(column, []).append(role)
+    for column, roles in roles_by_column.items():
+        if len(roles) > 1:
+            fields = " and ".join(f"'data.{role}_column'" + ("" if getattr(section, f"{role}_column") else
+                                                              " (found by name)") for role in roles)
+            raise DataError(f"Column '{column}' is used as both the {' and the '.join(roles)} column ({fields}); "
+                            "each role needs its own column: set the data.<role>_column fields to different columns.")
+
+
 def _label_names(train: Dataset, column: str) -> list[str]:
     feature = train.features[column]
     if isinstance(feature, ClassLabel):
@@ -77,7 +93,7 @@ def _label_names(train: Dataset, column: str) -> list[str]:
     if not values:
         raise DataError(f"The label column '{column}' of the train split is empty.")
     if all(isinstance(v, bool) for v in values) or not all(isinstance(v, (int, str)) for v in values):
-        raise DataError(f"Labels in column '{column}' must be class names or integers; got e.g. {values[:3]}.")
+        raise DataError(f"Labels in column '{column}' must be class names or integers; got e.g. {short(values[:3])}.")
     return [str(v) for v in sorted(values)]
 
 
@@ -122,9 +138,23 @@ def _unlabelled(split: Dataset, column: str) -> bool:
 def _find_split(raw: DatasetDict, requested: str | None, names: tuple[str, ...], field_name: str) -> str | None:
     if requested is not None:
         if requested not in raw:
-            raise DataError(f"'data.{field_name}' = '{requested}' is not a split. Splits: {', '.join(raw)}.")
+            raise DataError(f"'data.{field_name}' = {short(requested)} is not a split. Splits: {', '.join(raw)}.")
         return requested
     return next((n for n in names if n in raw), None)
+
+
+def _fraction_note(split_name: str, requested: float, held: int, total: int) -> list[str]:
+    """A stratified split keeps at least one example of every class with two or more, so small classes can
+    push the held-out share far from the recipe's fraction; say so rather than train on less than expected."""
+    actual = held / total if total else 0.0
+    if abs(actual - requested) < 0.01 or abs(actual - requested) <= 0.2 * requested:
+        return []
+    note = (f"the {split_name} split is {held} of {total} train rows ({actual:.0%}), not the requested "
+            f"data.{split_name}_fraction {requested:.0%}: stratifying keeps at least one example of each class with "
+            f"two or more (and none of a class with one); add examples or give a {split_name} split "
+            f"(data.{split_name}_split)")
+    logger.warning("Note: %s.", note)
+    return [note]
 
 
 def subset(split: Dataset, size: int | None, seed: int) -> Dataset:
@@ -137,7 +167,7 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
     """Load, check and split the data; ``input_roles`` are e.g. ("image",) or ("text", "text_pair")."""
     raw = load_raw(section)
     if section.train_split not in raw:
-        raise DataError(f"'data.train_split' = '{section.train_split}' is not a split. Splits: {', '.join(raw)}.")
+        raise DataError(f"'data.train_split' = {short(section.train_split)} is not a split. Splits: {', '.join(raw)}.")
     train = raw[section.train_split]
     if len(train) == 0:
         raise DataError(f"The train split '{section.train_split}' is empty.")
@@ -149,6 +179,7 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
         if column is not None:
             columns[role] = column
     columns["label"] = resolve_column("label", section.label_column, available)
+    _require_distinct(columns, section)
     keep = list(dict.fromkeys(columns.values()))
     sources: dict[str, str] = {}
     skipped: list[BadRow] = []
@@ -182,10 +213,12 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
         test_name, validation_name = validation_name, None
     test = clean(raw[test_name], test_name) if test_name else None
     sources["test"] = f"split '{test_name}'" if test_name else "none"
+    notes: list[str] = []
     if test is None and section.test_fraction > 0:
         rest, held = stratified_split(column_values(train, LABEL), section.test_fraction, seed)
         train, test = train.select(rest), train.select(held)
         sources["test"] = f"{section.test_fraction:.0%} of train (stratified, seed {seed})"
+        notes += _fraction_note("test", section.test_fraction, len(held), len(rest) + len(held))
     if validation_name:
         validation = clean(raw[validation_name], validation_name)
         sources["validation"] = f"split '{validation_name}'"
@@ -193,6 +226,7 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
         rest, held = stratified_split(column_values(train, LABEL), section.validation_fraction, seed)
         train, validation = train.select(rest), train.select(held)
         sources["validation"] = f"{section.validation_fraction:.0%} of train (stratified, seed {seed})"
+        notes += _fraction_note("validation", section.validation_fraction, len(held), len(rest) + len(held))
         if len(validation) == 0:
             raise DataError("No validation rows could be carved from train: every class has a single example. "
                             "Add examples or give a validation split (data.validation_split).")
@@ -207,4 +241,4 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
     if missing:
         logger.warning("After subsampling, train has no example of: %s", ", ".join(names[i] for i in missing))
     return PreparedData(train=train, validation=validation, test=test, label_names=names,
-                        columns=columns, sources=sources, skipped=skipped)
+                        columns=columns, sources=sources, skipped=skipped, notes=notes)

@@ -6,12 +6,19 @@ that needs no download.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import csv
+import io
+import logging
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from datasets.exceptions import DatasetGenerationError
 
+from ..config_utils import short
 from ..errors import DataError
 from ..recipe import DataSection
 
@@ -57,6 +64,75 @@ def sklearn_digits_inverted(section: DataSection) -> DatasetDict:
     return sklearn_digits(section, inverted=True)
 
 
+TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+MAX_DIAGNOSED_FILES = 1000
+"""Delimited files read one by one to name the bad one after ``datasets`` failed (only then)."""
+CSV_BUILDER_LOGGER = "datasets.packaged_modules.csv.csv"
+"""Logs "Failed to read file" with pandas' wording before re-raising; our error says it better."""
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Only critical messages from ``logger_name`` while the block runs."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _table_files(local: Path) -> list[Path]:
+    if local.is_file():
+        return [local] if local.suffix in TABLE_DELIMITERS else []
+    files = sorted(p for p in local.rglob("*") if p.suffix in TABLE_DELIMITERS and p.is_file())
+    return files[:MAX_DIAGNOSED_FILES]
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def csv_problem(path: Path) -> str | None:
+    """Why a csv/tsv file cannot become a table (empty, not UTF-8, ragged, unclosed quote), or None.
+
+    ``datasets`` reports these without the file's name (pandas' own messages count lines differently), so
+    the file is read again with the standard ``csv`` module, only after loading failed, to say where.
+    """
+    raw = path.read_bytes()
+    if not raw.strip():
+        return "is empty: write a header row (the column names) and at least one row of data"
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\0" in raw[:1024]:
+        return "is UTF-16 encoded; save it as UTF-8 (e.g. iconv -f utf-16 -t utf-8, or 'CSV UTF-8' in a spreadsheet)"
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        return (f"is not UTF-8 (byte 0x{raw[error.start]:02x} on line {line}, e.g. Latin-1 or Windows-1252); "
+                "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    delimiter = TABLE_DELIMITERS[path.suffix]
+    shown = "tab" if delimiter == "\t" else f"'{delimiter}'"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    start, rows = 1, 0
+    try:
+        header = next(reader, [])
+        for row in reader:
+            rows += bool(row)
+            if len(row) > len(header):
+                return (f"has {len(row)} fields on line {reader.line_num} but its header has {len(header)}: quote "
+                        f"values that contain {shown} (\"a, b\") or remove the extra field")
+            start = reader.line_num + 1
+    except csv.Error as error:  # strict: also what pandas accepts, so only an unclosed quote is named
+        if "unexpected end of data" in str(error):
+            return (f"has a quote (\") opened on line {start} that is never closed; close it, or write a quote "
+                    "inside a value as two (\"\")")
+        return None
+    return "has a header but no rows of data; add rows or remove the file" if rows == 0 else None
+
+
 def load_raw(section: DataSection) -> DatasetDict:
     """Load every split of the recipe's data source as a ``DatasetDict``."""
     if section.path in BUILTIN_SOURCES:
@@ -77,7 +153,16 @@ def load_raw(section: DataSection) -> DatasetDict:
         if local.suffix == ".tsv":
             kwargs["delimiter"] = "\t"
     try:
-        loaded = load_dataset(path, **{k: v for k, v in kwargs.items() if v is not None})
+        with _quiet(CSV_BUILDER_LOGGER):
+            loaded = load_dataset(path, **{k: v for k, v in kwargs.items() if v is not None})
+    except DatasetGenerationError as error:  # a file that the builder cannot parse; say which and where
+        for file in _table_files(local) if looks_local else []:
+            problem = csv_problem(file)
+            if problem:
+                raise DataError(f"The data file '{file}' {problem}.") from None
+        cause = _root_cause(error)
+        raise DataError(f"Could not read the data files of 'data.path' = '{section.path}': {type(cause).__name__}: "
+                        f"{short(str(cause))}. Check that every file is valid csv/json/parquet in UTF-8.") from None
     except (FileNotFoundError, ConnectionError, ValueError) as error:
         empty = re.search(r'Instruction "([^"]+)" corresponds to no data', str(error))
         if empty:  # datasets' wording for a split whose file holds no rows

