@@ -247,23 +247,31 @@ def test_corpus_is_large_and_unique():
     assert len({case.id for case in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_bad_input_is_one_clear_error(case: Case, models, tmp_path, capsys):
+def run_case(command: str, case: Case, models: Models, tmp_path: Path, capsys) -> str:
+    """Run ``hf-transfer <command>`` on the case's recipe and assert the contract: exit 2, one ``error:`` line
+    with the case's words, no traceback, nothing trained, the output folder as it was. Returns the line."""
     recipe = case.build(tmp_path, models)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     out = tmp_path / "out"
     before = snapshot(out)
-    code = run_cli(["finetune", str(path), *[arg for s in case.sets for arg in ("--set", s)]])
+    code = run_cli([command, str(path), *[arg for s in case.sets for arg in ("--set", s)]])
     captured = capsys.readouterr()
     assert code == EXIT_USER_ERROR, captured.err
     errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, captured.err
     for word in case.words:
         assert word in errors[0], f"{word!r} not in: {errors[0]}"
-    assert "Traceback" not in captured.err and "Results on the" not in captured.out
+    assert "Traceback" not in captured.err and "Results on the" not in captured.out and "OK:" not in captured.out
+    assert "***** Running training *****" not in captured.err
     assert snapshot(out) == before, "the output folder changed"
     assert not (out / "metrics.json").exists() and not (out / "model.safetensors").exists()
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_one_clear_error(case: Case, models, tmp_path, capsys):
+    run_case("finetune", case, models, tmp_path, capsys)
 
 
 def test_bad_image_after_the_preflight_sample_is_named(models, tmp_path, capsys, monkeypatch):

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import make_sentences
 from hf_transfer.cli import EXIT_USER_ERROR, run_cli
-from test_bad_inputs import Case, Models, image_recipe, snapshot, text_data, text_recipe, write_csv
+from test_bad_inputs import Case, Models, image_recipe, run_case, snapshot, text_data, text_recipe, write_csv
 
 BERT_TENSOR = "bert.encoder.layer.0.intermediate.dense.weight"
 """A backbone tensor of the tiny BERT: [37, 32] in its config."""
@@ -203,25 +203,6 @@ CHECK_CASES = [case for case in CASES if case.id in {
 @pytest.fixture(scope="module")
 def models(tiny_bert_dir, tiny_timm_dir) -> Models:
     return Models(bert=tiny_bert_dir, timm=tiny_timm_dir)
-
-
-def run_case(command: str, case: Case, models: Models, tmp_path: Path, capsys) -> str:
-    """Run ``hf-transfer <command>`` on the case's recipe; assert the common contract, return the error line."""
-    recipe = case.build(tmp_path, models)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    out = tmp_path / "out"
-    before = snapshot(out)
-    code = run_cli([command, str(path), *[arg for s in case.sets for arg in ("--set", s)]])
-    captured = capsys.readouterr()
-    assert code == EXIT_USER_ERROR, captured.err
-    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, captured.err
-    for word in case.words:
-        assert word in errors[0], f"{word!r} not in: {errors[0]}"
-    assert "Traceback" not in captured.err and "Results on the" not in captured.out and "OK:" not in captured.out
-    assert snapshot(out) == before, "the output folder changed"
-    return errors[0]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])

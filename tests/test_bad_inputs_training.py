@@ -17,8 +17,8 @@ import yaml
 from transformers import TrainerCallback
 
 from conftest import write_colour_images
-from test_bad_inputs import Case, Models, snapshot, text_data, text_recipe, with_training
-from hf_transfer.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, run_cli
+from test_bad_inputs import Case, Models, run_case, text_data, text_recipe, with_training
+from hf_transfer.cli import EXIT_INTERRUPTED, run_cli
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="the case is about training without a GPU")
 
@@ -72,31 +72,14 @@ def models(tiny_bert_dir, tiny_timm_dir) -> Models:
     return Models(bert=tiny_bert_dir, timm=tiny_timm_dir)
 
 
-def _assert_one_clear_error(command: str, case: Case, models: Models, tmp_path: Path, capsys) -> None:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(case.build(tmp_path, models)), encoding="utf-8")
-    out = tmp_path / "out"
-    before = snapshot(out)
-    code = run_cli([command, str(path)])
-    captured = capsys.readouterr()
-    assert code == EXIT_USER_ERROR, captured.err
-    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, captured.err
-    for word in case.words:
-        assert word in errors[0], f"{word!r} not in: {errors[0]}"
-    assert "Traceback" not in captured.err and "Results on the" not in captured.out
-    assert "***** Running training *****" not in captured.err
-    assert snapshot(out) == before, "the output folder changed"
-
-
 @pytest.mark.parametrize("case", PARAMS)
 def test_check_stops_on_a_training_value_trainer_would_fail_on(case: Case, models, tmp_path, capsys):
-    _assert_one_clear_error("check", case, models, tmp_path, capsys)
+    run_case("check", case, models, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("case", PARAMS)
 def test_finetune_stops_before_training(case: Case, models, tmp_path, capsys):
-    _assert_one_clear_error("finetune", case, models, tmp_path, capsys)
+    run_case("finetune", case, models, tmp_path, capsys)
 
 
 def test_check_reports_the_effective_training_arguments(models, tmp_path, capsys):

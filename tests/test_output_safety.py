@@ -15,7 +15,7 @@ import yaml
 
 from hf_transfer.cli import EXIT_USER_ERROR, run_cli
 from hf_transfer.training.outputs import LOCK_FILE, METRICS_FILE
-from test_bad_inputs import Models, snapshot, text_data, text_recipe
+from test_bad_inputs import Models, snapshot, text_recipe
 
 
 @pytest.fixture(scope="module")
