@@ -10,9 +10,13 @@ from .recipe import Recipe
 __version__ = "0.1.0"
 
 
+# The functions below import their modules when called: ``import hf_transfer`` (and ``hf-transfer --help``)
+# stays free of torch and transformers.
+
+
 def finetune(recipe: Recipe, write_card: bool = True):
-    """Train ``recipe`` end to end; see ``hf_transfer.training.run.finetune``."""
-    from .training.run import finetune as _finetune
+    """Train ``recipe`` end to end; see ``hf_transfer.runs.dispatch.finetune``."""
+    from .runs.dispatch import finetune as _finetune
 
     return _finetune(recipe, write_card=write_card)
 

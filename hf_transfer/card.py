@@ -12,14 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .registry import PYPI_WEIGHTS
+from .tasks.base import CardFacts
+from .transferability.ranking import Ranking
+from .transferability.report import markdown_table, summary
+
 #: ``hf_transfer/model_cards`` links to the repository's ``model_cards/`` so that wheels carry the template too.
 TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "model_card.md"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HEADLINE_NAMES = {"accuracy": "accuracy", "precision_macro": "precision (macro)", "recall_macro": "recall (macro)",
                   "f1_macro": "F1 (macro)", "f1_weighted": "F1 (weighted)"}
-EXAMPLE_INPUTS = {"image-classification": '"path/or/url/to/image.jpg"',
-                  "text-classification": '"Replace me with a sentence to classify."'}
 
 
 @dataclass
@@ -41,7 +44,12 @@ class CardInputs:
     tags: list[str] = field(default_factory=list)
     recipe_yaml: str = ""
     repo_id: str | None = None
-    """Where the model lives on the Hub, if pushed; the usage snippet loads from there."""
+    """Where the model lives on the Hub, if pushed."""
+    facts: CardFacts | None = None
+    """What the task adapter says (pipeline tag, library, input, "how to use"); ``None``: only the task name."""
+
+    def task_facts(self) -> CardFacts:
+        return self.facts or CardFacts(pipeline_tag=self.task, tags=(self.task,))
 
 
 def hub_id(name: str | None) -> str | None:
@@ -49,9 +57,7 @@ def hub_id(name: str | None) -> str | None:
     if not name:
         return None
     if name.startswith("pypi:"):
-        from .models.pypi_weights import REGISTRY
-
-        entry = REGISTRY.get(name)
+        entry = PYPI_WEIGHTS.get(name)
         return entry.hub_id if entry else None
     if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
         return None
@@ -77,12 +83,10 @@ def _metadata(inputs: CardInputs, split: str, report: dict[str, Any]):
                    metric_type=metric, metric_name=HEADLINE_NAMES[metric], metric_value=round(report[metric], 4))
         for metric in HEADLINE_NAMES
     ]
-    tags = ["hf-transfer", "transfer-learning", inputs.strategy.replace("_", "-"),
-            *(["timm", "image-classification"] if inputs.task == "image-classification" else ["text-classification"]),
-            *inputs.tags]
+    facts = inputs.task_facts()
+    tags = ["hf-transfer", "transfer-learning", inputs.strategy.replace("_", "-"), *facts.tags, *inputs.tags]
     return ModelCardData(
-        license=inputs.license, library_name="timm" if inputs.task == "image-classification" else "transformers",
-        pipeline_tag=inputs.task, base_model=base, datasets=datasets or None, metrics=list(HEADLINE_NAMES),
+        license=inputs.license, library_name=facts.library_name, pipeline_tag=facts.pipeline_tag, base_model=base, datasets=datasets or None, metrics=list(HEADLINE_NAMES),
         tags=list(dict.fromkeys(tags)), model_name=inputs.model_name, eval_results=eval_results)
 
 
@@ -125,9 +129,6 @@ def selection_rows(metrics: dict[str, Any]) -> dict[str, str] | None:
     """``model.name_or_path: auto``: the candidates' transferability table (``metrics['backbone_selection']``)."""
     if not metrics.get("backbone_selection"):
         return None
-    from .transferability.ranking import Ranking
-    from .transferability.report import markdown_table, summary
-
     ranking = Ranking.from_dict(metrics["backbone_selection"])
     return {"summary": summary(ranking), "table": markdown_table(ranking)}
 
@@ -150,13 +151,10 @@ def render_model_card(inputs: CardInputs):
     base_hub = hub_id(inputs.base_model)
     if base_hub and base_hub != inputs.base_model:
         base_text += f" (the weights of [{base_hub}](https://huggingface.co/{base_hub}))"
-    size = summary.get("image_size") if inputs.task == "image-classification" else summary.get("max_length")
-    input_text = (f"images at {size} px, preprocessing from the timm `pretrained_cfg` in `config.json`"
-                  if inputs.task == "image-classification" else f"text truncated to {size} tokens")
+    facts = inputs.task_facts()
     splits = summary.get("splits", {})
     split_text = ", ".join(f"{name} {summary[name]} examples" + (f" ({splits[name]})" if name in splits else "")
                            for name in ("train", "validation", "test") if name in summary)
-    load_id = inputs.repo_id or "path/to/this/folder"
     return ModelCard.from_template(
         _metadata(inputs, split, report), template_path=str(TEMPLATE),
         model_name=inputs.model_name,
@@ -169,13 +167,10 @@ def render_model_card(inputs: CardInputs):
         per_class=[{"name": name, "precision": f"{row['precision']:.3f}", "recall": f"{row['recall']:.3f}",
                     "f1": f"{row['f1']:.3f}", "support": row["support"]} for name, row in report["per_class"].items()],
         has_learning_curves=bool(summary.get("has_learning_curves_png")),
-        pipeline_tag=inputs.task, load_id=load_id, example_input=EXAMPLE_INPUTS[inputs.task],
-        is_timm=inputs.task == "image-classification",
-        timm_id=f"hf-hub:{inputs.repo_id}" if inputs.repo_id else "local-dir:path/to/this/folder",
-        base_model_text=base_text, dataset_text=", ".join(f"`{d}`" for d in inputs.datasets), split_text=split_text,
+        how_to_use=facts.how_to_use, base_model_text=base_text, dataset_text=", ".join(f"`{d}`" for d in inputs.datasets), split_text=split_text,
         num_labels=len(inputs.label_names), labels_text=", ".join(inputs.label_names[:50])
         + (" ..." if len(inputs.label_names) > 50 else ""),
-        input_text=input_text, hyperparameters=list(inputs.hyperparameters.items()),
+        input_text=facts.input_text, hyperparameters=list(inputs.hyperparameters.items()),
         runtime=f"{train.get('runtime_s', 0):.0f} s", steps=train.get("steps", "?"), epochs=train.get("epochs", "?"),
         recipe_yaml=inputs.recipe_yaml, selection=selection_rows(metrics), **protocol_rows(metrics),
     )

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from transformers import AutoConfig
+
 from .data.prepare import prepare_data
-from .errors import DataError, ModelError
+from .errors import ModelError
 from .hub import check_push_target
 from .methods.preflight import method_preflight
 from .models.sources import resolve_model_source
 from .recipe import AUTO, Recipe
-from .tasks.base import get_task
+from .tasks.base import TaskAdapter, get_task
 from .training.preflight import preflight_training
+from .training.run import run_folder
+from .transferability.ranking import check_candidates, parse_candidates
 
 SAMPLE_ROWS = 16
 
 
 def _model_summary(recipe: Recipe) -> dict[str, Any]:
     if recipe.model.name_or_path == AUTO:
-        from .transferability.ranking import check_candidates, parse_candidates
-
         check_candidates(parse_candidates(recipe.model.candidates), recipe.task)
         return {"source": "auto", "candidates": list(recipe.model.candidates), "rank_by": recipe.model.rank_by}
     source = resolve_model_source(recipe.model.name_or_path, recipe.task)
     if source.kind == "timm":
         return {"source": "timm architecture", "architecture": source.location}
-    from transformers import AutoConfig
-
     try:
         config = AutoConfig.from_pretrained(source.location, revision=recipe.model.revision,
                                             trust_remote_code=recipe.model.trust_remote_code)
@@ -36,7 +36,7 @@ def _model_summary(recipe: Recipe) -> dict[str, Any]:
             "architecture": getattr(config, "architecture", None) or (config.architectures or ["?"])[0]}
 
 
-def _check_sample(recipe: Recipe, data) -> int:
+def _check_sample(task: TaskAdapter, data) -> int:
     """Decode the first rows of each split the way training will; returns how many were checked."""
     checked = 0
     for name, split in (("train", data.train), ("validation", data.validation), ("test", data.test)):
@@ -47,31 +47,23 @@ def _check_sample(recipe: Recipe, data) -> int:
             for role, column in data.columns.items():
                 if role == "label":
                     continue  # already encoded and checked against the label set by prepare_data
-                value = row[column]
-                if role == "image":
-                    from .tasks.image import to_rgb
-
-                    to_rgb(value)
-                elif role in ("text", "text_pair") and (not isinstance(value, str) or not value.strip()):
-                    raise DataError(f"{name} split, row {index}: column '{column}' is empty or not text ({value!r}).")
+                task.check_value(role, row[column], f"{name} split, row {index}: column '{column}'")
             checked += 1
     return checked
 
 
 def check_recipe(recipe: Recipe) -> dict[str, Any]:
-    from .training.run import run_folder  # the run's own rule for where it may write
-
-    run_folder(recipe).check(recipe.to_yaml())
+    run_folder(recipe).check(recipe.to_yaml())  # the run's own rule for where it may write
     check_push_target(recipe.output.hub_model_id, recipe.output.push_to_hub)
     plan = preflight_training(recipe)
     task = get_task(recipe.task)
-    seed = int(recipe.training.get("seed", 42))
+    seed = recipe.seed
     data = prepare_data(recipe.data, task.input_roles, seed)
     plan.check_split_sizes(data.sizes())
     return {
         "task": recipe.task, "model": _model_summary(recipe), "strategy": recipe.strategy.to_mapping(),
         "columns": data.columns, "labels": data.label_names, "splits": data.sizes(), "split_sources": data.sources,
         "method": method_preflight(recipe, data.label_names),
-        "rows_checked": _check_sample(recipe, data), "output_dir": recipe.output.dir, "notes": data.notes,
+        "rows_checked": _check_sample(task, data), "output_dir": recipe.output.dir, "notes": data.notes,
         "training": plan.summary(data.sizes()),
     }

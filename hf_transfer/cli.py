@@ -13,6 +13,7 @@ import sys
 from typing import Callable
 
 from .errors import HfTransferError, user_message
+from .registry import load_plugins
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
@@ -31,7 +32,7 @@ def _load_recipe(args):
 
 
 def cmd_finetune(args) -> int:
-    from .training.run import finetune
+    from .runs.dispatch import finetune
 
     from .training.arguments import distributed_state
 
@@ -135,6 +136,10 @@ def _print_summary(metrics: dict, output_dir) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-transfer", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (on the Python path) first, so that the strategies, methods, tasks or "
+                             "scores it registers can be named in recipes (repeatable; entry points of the group "
+                             "hf_transfer.plugins are always imported)")
     commands = parser.add_subparsers(dest="command", required=True)
     finetune = commands.add_parser("finetune", help="train a recipe and write its model folder")
     _recipe_arguments(finetune)
@@ -183,6 +188,7 @@ def run_cli(argv: list[str] | None, default: Callable | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        load_plugins(args.plugins)
         return args.run(args)
     except HfTransferError as error:
         if args.debug:

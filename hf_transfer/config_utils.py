@@ -6,6 +6,7 @@ dotted field paths in every message, which is what recipe users need most.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -84,6 +85,8 @@ def coerce(value: Any, annotation: Any, field_path: str) -> Any:
             raise RecipeError(f"'{field_path}' must be a mapping; got {short(value)}.")
         return dict(value)
     if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):  # ``Recipe.replace`` with a section built in code
+            return value
         return from_dict(annotation, value, field_path + ".")
     if annotation is bool:
         if isinstance(value, bool):
@@ -154,20 +157,31 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def apply_override(tree: dict, assignment: str) -> None:
-    """Apply one ``a.b.c=value`` assignment; the value is parsed as YAML (``3e-5``, ``true``, ``[1, 2]``)."""
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (``["a", "b", "c"]``, value); the value is parsed as YAML (``3e-5``, ``true``, ``[1, 2]``)."""
     if "=" not in assignment:
         raise RecipeError(f"Override {short(assignment)} must look like section.field=value "
                           "(e.g. training.learning_rate=3e-5).")
     path, raw = assignment.split("=", 1)
-    keys = [k for k in path.strip().split(".") if k]
-    if not keys:
-        raise RecipeError(f"Override {short(assignment)} has no field name before '='.")
+    keys = override_keys(path, assignment)
     try:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as error:
         raise RecipeError(f"Override {short(assignment)}: the value is not valid YAML "
                           f"({yaml_problem(error)}).") from None
+    return keys, value
+
+
+def override_keys(path: str, assignment: str) -> list[str]:
+    """The field names of a dotted path; ``assignment`` is what the user wrote, for the error."""
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise RecipeError(f"Override {short(assignment)} has no field name before '='.")
+    return keys
+
+
+def set_path(tree: dict, keys: list[str], value: Any, assignment: str) -> None:
+    """Set ``tree[k0][k1]...`` to ``value``, creating missing mappings; digits index lists (``stages.0``)."""
     node: Any = tree
     for depth, key in enumerate(keys):
         if isinstance(node, list):  # ``stages.0.data.path``: a list index
@@ -184,6 +198,51 @@ def apply_override(tree: dict, assignment: str) -> None:
         if not isinstance(child, (dict, list)):
             raise RecipeError(f"Override {short(assignment)}: '{keys[depth]}' is a value, not a section.")
         node = child
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` assignment (command-line text) to a plain recipe mapping."""
+    keys, value = parse_override(assignment)
+    set_path(tree, keys, value, assignment)
+
+
+Change = tuple[list[str], Any]
+"""A dotted field path (split) and its new value."""
+
+
+def patched(value: Any, changes: list[Change], where: str) -> Any:
+    """A copy of plain data ``value`` with each change applied in order (an empty path replaces it whole)."""
+    root = {where: copy.deepcopy(value)}
+    for keys, new in changes:
+        set_path(root, [where, *keys], new, f"{'.'.join([where, *keys])}={short(new)}")
+    return root[where]
+
+
+def replace_fields(obj: Any, changes: list[Change], prefix: str = "") -> Any:
+    """A copy of dataclass ``obj`` with dotted-path ``changes``, coerced and validated as ``from_dict`` does."""
+    fields = {f.name for f in dataclasses.fields(obj) if f.init}
+    hints = typing.get_type_hints(type(obj))
+    grouped: dict[str, list[Change]] = {}
+    for keys, value in changes:
+        if keys[0] not in fields:
+            raise unknown_key_error(keys[0], prefix, fields)
+        grouped.setdefault(keys[0], []).append((keys[1:], value))
+    values = {name: _field_value(getattr(obj, name), items, hints[name], prefix + name)
+              for name, items in grouped.items()}
+    try:
+        return dataclasses.replace(obj, **values)
+    except RecipeError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"Invalid value in '{prefix.rstrip('.') or 'recipe'}': {error}") from None
+
+
+def _field_value(current: Any, changes: list[Change], annotation: Any, field_path: str) -> Any:
+    """The new value of one field: a nested dataclass is replaced field by field, anything else is patched."""
+    if dataclasses.is_dataclass(current) and all(keys for keys, _ in changes):
+        return replace_fields(current, changes, field_path + ".")
+    plain = to_dict(current) if dataclasses.is_dataclass(current) else current
+    return coerce(patched(plain, changes, field_path), annotation, field_path)
 
 
 MAX_EXPANDED_VALUES = 100_000

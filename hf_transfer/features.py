@@ -30,6 +30,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .cache import cache_root
 from .data.prepare import LABEL, column_values
+from .tasks.base import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -309,9 +310,9 @@ def cache_disabled_reason(recipe, strategy, world_size: int) -> str | None:
         return "data.feature_cache is false"
     if recipe.method.name:
         return f"method '{recipe.method.name}' needs the full model in the loop"
-    if recipe.task == "image-classification" and recipe.data.augmentation.changes_input:
-        return ("data.augmentation changes the input every epoch (random_resized_crop, flips, auto_augment, "
-                "color_jitter, re_prob or mixup); turn them off to train the head from cached features")
+    blocker = get_task(recipe.task).cache_blocker(recipe)
+    if blocker is not None:
+        return blocker
     if world_size > 1:
         return "it runs in several processes"
     return None
@@ -319,17 +320,8 @@ def cache_disabled_reason(recipe, strategy, world_size: int) -> str | None:
 
 def preprocessing_description(recipe, data, model, processor) -> str:
     """Everything besides weights and rows that changes the features."""
-    description: dict[str, Any] = {"task": recipe.task, "columns": data.columns}
-    if recipe.task == "image-classification":
-        cfg = dict(getattr(model.config, "pretrained_cfg", None) or {})
-        description["image"] = {k: cfg.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct",
-                                                         "crop_mode")}
-    else:
-        from .tasks.text import tokenizer_fingerprint
-
-        identity = tokenizer_fingerprint(processor) if processor is not None else None
-        description["tokenizer"] = [type(processor).__name__, identity or getattr(processor, "name_or_path", ""),
-                                    len(processor) if processor is not None else 0, recipe.data.max_length]
+    description: dict[str, Any] = {"task": recipe.task, "columns": data.columns,
+                                   **get_task(recipe.task).preprocessing_identity(recipe, model, processor)}
     return json.dumps(description, sort_keys=True, default=str)
 
 

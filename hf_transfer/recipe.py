@@ -11,22 +11,24 @@ import codecs
 import copy
 import dataclasses
 import enum
+import functools
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
-from .config_utils import (apply_override, boolean_for_string, closest, from_dict, load_yaml, short, to_dict,
-                           unknown_key_error, yaml_problem)
+from .config_utils import (Change, apply_override, boolean_for_string, closest, from_dict, load_yaml,
+                           override_keys, parse_override, patched, replace_fields, short, to_dict, unknown_key_error,
+                           yaml_problem)
 from .errors import RecipeError
+from .recipe_stages import Stage, resolve_stages
+from .registry import METHODS, SCORES, STRATEGIES, TASKS
 
 AUTO = "auto"
 """``model.name_or_path: auto``: choose among ``model.candidates`` by a transferability score."""
-Task = Literal["image-classification", "text-classification"]
-TASKS: tuple[str, ...] = ("image-classification", "text-classification")
 
 
 MAX_RECIPE_BYTES = 1 << 20
@@ -66,7 +68,7 @@ def _parse_recipe_text(text: str, path: Path) -> Any:
 
 def _check_training_booleans(training: dict[str, Any]) -> None:
     """``eval_strategy: no`` reaches ``TrainingArguments`` as False (YAML 1.1): name it and say to quote it."""
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments  # here, not at the top: ``hf-transfer --help`` stays fast
 
     types_by_name = {f.name: f.type for f in dataclasses.fields(TrainingArguments)}
     for key, value in training.items():
@@ -76,6 +78,73 @@ def _check_training_booleans(training: dict[str, Any]) -> None:
         choices = [str(m.value) for o in options if isinstance(o, type) and issubclass(o, enum.Enum) for m in o]
         example = ("no" if "no" in choices else choices[0]) if choices else ("none" if key == "report_to" else "...")
         raise boolean_for_string(f"training.{key}", value, example, choices)
+
+
+#: Fields hf-transfer owns: they follow from ``output.*`` or from the task.
+MANAGED = {"output_dir", "remove_unused_columns", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo",
+           "resume_from_checkpoint"}
+#: What to do instead, for managed keys whose replacement is not in the ``output`` section.
+_MANAGED_HINTS = {
+    "resume_from_checkpoint": "resuming is automatic: run the same command again and it continues from the last "
+                              "complete checkpoint in output.dir; to start from other weights, set model.name_or_path",
+}
+_MUST_BE_POSITIVE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
+                     "per_device_eval_batch_size", "gradient_accumulation_steps")
+#: (lowest, highest) allowed for numeric fields; values outside are typos, not experiments.
+_RANGES: dict[str, tuple[float, float]] = {
+    "learning_rate": (0, 9.99), "num_train_epochs": (0, 100_000), "per_device_train_batch_size": (1, 1 << 20),
+    "per_device_eval_batch_size": (1, 1 << 20), "gradient_accumulation_steps": (1, 1 << 16),
+    "weight_decay": (0, 10), "warmup_steps": (0, 1e9), "warmup_ratio": (0, 1), "max_grad_norm": (0, 1e9),
+    "label_smoothing_factor": (0, 1), "adam_beta1": (0, 1), "adam_beta2": (0, 1), "adam_epsilon": (0, 1),
+    "logging_steps": (0, 1e12), "eval_steps": (0, 1e12), "save_steps": (0, 1e12), "max_steps": (-1, 1e12),
+    "seed": (0, 2**32 - 1), "dataloader_num_workers": (0, 1024), "save_total_limit": (1, 1e9),
+}
+_INTEGERS = {"per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+             "max_steps", "seed", "dataloader_num_workers", "save_total_limit"}
+
+
+def _check_number(key: str, value: Any) -> None:
+    if value is None and key not in _MUST_BE_POSITIVE:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise RecipeError(f"'training.{key}' must be a number; got {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RecipeError(f"'training.{key}' must be a number; got {value!r}.") from None
+    if key in _MUST_BE_POSITIVE and not number > 0:
+        raise RecipeError(f"'training.{key}' must be > 0; got {value!r}.")
+    low, high = _RANGES[key]
+    if not low <= number <= high:  # also catches nan
+        size = "far too large" if number > high else "too small" if number < low else "not a number"
+        hint = " Typical values are 1e-5 .. 1e-2." if key == "learning_rate" else ""
+        raise RecipeError(f"'training.{key}' = {value!r} is {size}: it must be between {low:g} and {high:g}.{hint}")
+    if key in _INTEGERS and not number.is_integer():
+        raise RecipeError(f"'training.{key}' must be a whole number; got {value!r}.")
+
+
+@functools.cache
+def training_argument_fields() -> frozenset[str]:
+    """The keys a ``training`` section may hold: ``TrainingArguments``' own init fields."""
+    from transformers import TrainingArguments  # here, not at the top: ``hf-transfer --help`` stays fast
+
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+
+
+def validate_training_section(training: dict[str, Any]) -> None:
+    """Reject unknown, managed and impossible keys without building anything heavy."""
+    valid = training_argument_fields()
+    for key, value in training.items():
+        if key in MANAGED:
+            hint = _MANAGED_HINTS.get(key, "use the 'output' section instead")
+            raise RecipeError(f"'training.{key}' is set by hf-transfer; {hint}.")
+        if not isinstance(key, str) or key not in valid:
+            raise unknown_key_error(str(key), "training.", valid)
+        if key in _RANGES:
+            _check_number(key, value)
+    if training.get("max_steps") == 0:  # Trainer would run one step and write a finished-looking run
+        raise RecipeError("'training.max_steps' = 0 trains nothing; remove it (train num_train_epochs) or set a "
+                          "positive number of optimizer steps.")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -93,8 +162,8 @@ class ModelSection:
     revision: str | None = None
     trust_remote_code: bool = False
     channels_last: bool = True
-    """Image models: NHWC memory layout for convolutions (MobileNetV2 trains ~1.5x faster on a CPU); saved
-    weights are the same. Ignored for text."""
+    """Image models: NHWC memory layout for convolutions, faster on CPUs and tensor cores (see
+    docs/performance.md); saved weights are the same. Ignored for text."""
     candidates: list[str] | None = None
     """With ``name_or_path: auto``: backbones scored on the train split before training, the best is trained
     (``hf_transfer.transferability``); ``random:<reference>`` is the same architecture with random weights."""
@@ -102,8 +171,6 @@ class ModelSection:
     rank_max_samples: int = 1000
 
     def __post_init__(self) -> None:
-        from .transferability import SCORES
-
         _require(bool(self.name_or_path.strip()), "'model.name_or_path' must not be empty.")
         auto = self.name_or_path == AUTO
         _require(not auto or bool(self.candidates), "'model.name_or_path' is 'auto' but 'model.candidates' is empty: "
@@ -113,6 +180,11 @@ class ModelSection:
         _require(self.rank_by in SCORES, f"'model.rank_by' = {short(self.rank_by)} is not a score; "
                  f"available: {', '.join(SCORES)}.")
         _require(self.rank_max_samples > 0, "'model.rank_max_samples' must be a positive integer.")
+
+    @property
+    def is_auto(self) -> bool:
+        """The backbone is chosen among ``candidates`` before training (``name_or_path: auto``)."""
+        return self.name_or_path == AUTO
 
 
 AUTO_AUGMENT_FORMS = ("rand-m9-mstd0.5 (RandAugment: rand-m<magnitude>-n<ops>-mstd<std>)", "augmix-m5-w3 (AugMix)",
@@ -232,8 +304,6 @@ class StrategySection:
 
     @classmethod
     def from_mapping(cls, data: Any) -> "StrategySection":
-        from .strategies import STRATEGIES
-
         if data is None:
             data = {}
         if isinstance(data, str):
@@ -258,8 +328,6 @@ class MethodSection:
 
     @classmethod
     def from_mapping(cls, data: Any) -> "MethodSection":
-        from .methods import METHODS
-
         if data is None:
             return cls()
         if isinstance(data, str):
@@ -349,16 +417,14 @@ class Recipe:
     output: OutputSection = field(default_factory=OutputSection)
     name: str = "run"
     method: MethodSection = field(default_factory=MethodSection)
-    stages: list[Any] = field(default_factory=list)
-    """``hf_transfer.stages.Stage`` list (source -> target transfer); the other fields are the last stage's."""
+    stages: list[Stage] = field(default_factory=list)
+    """Source -> target transfer (``hf_transfer.recipe_stages``); the other fields are the last stage's."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             hint = closest(str(self.task), TASKS)
             raise RecipeError(f"Unknown task {short(self.task)}." + (f" Did you mean '{hint}'?" if hint else "")
                               + f" Supported: {', '.join(TASKS)}.")
-        from .training.arguments import validate_training_section
-
         _check_training_booleans(self.training)
         validate_training_section(self.training)
         _require(self.name not in ("", ".", "..") and not any(c in self.name for c in "/\\\0"),
@@ -370,9 +436,7 @@ class Recipe:
                  "'model.name_or_path: auto' does not combine with cross-validation or learning curves yet: run "
                  "'hf-transfer rank' first and set model.name_or_path to the winner.")
         if self.method.name is not None:
-            from .methods import get_method
-
-            _require(get_method(self.method.name).supports_mixup or not self.data.augmentation.mixes,
+            _require(METHODS.lookup(self.method.name).supports_mixup or not self.data.augmentation.mixes,
                      f"'method' = {self.method.name} does not combine with mixup/cutmix "
                      "(data.augmentation.mixup_alpha, cutmix_alpha): set them to 0.")
 
@@ -388,9 +452,7 @@ class Recipe:
             if key not in SECTIONS:
                 raise unknown_key_error(str(key), "", SECTIONS)
         if data.get("stages") is not None:
-            from .stages import resolve_stages
-
-            return resolve_stages(data)
+            return resolve_stages(data, cls.from_dict)
         for required in ("task", "model", "data"):
             if data.get(required) is None:
                 raise RecipeError(f"Missing required section '{required}'.")
@@ -442,16 +504,90 @@ class Recipe:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
-    def replace(self, overrides: list[str] | dict[str, Any]) -> "Recipe":
-        """A new recipe with dotted-field overrides applied (list of ``a.b=v`` or a dict ``{a.b: v}``)."""
-        if isinstance(overrides, dict):
-            overrides = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-                         for key, value in overrides.items()]
-        return Recipe.from_dict(self.to_dict(), overrides)
-
     @property
-    def output_dir(self) -> Path:
-        return Path(self.output.dir)
+    def seed(self) -> int:
+        """``training.seed`` (default 42): data splits, subsets and new heads follow it, not only the Trainer."""
+        return int(self.training.get("seed", 42))
+
+    def replace(self, overrides: list[str] | dict[str, Any]) -> "Recipe":
+        """A new recipe with dotted-field overrides: a dict ``{"a.b": value}`` or command-line ``["a.b=value"]``.
+
+        The changed sections are copies, coerced and validated as ``from_dict`` does; ``self`` is unchanged.
+        """
+        if isinstance(overrides, dict):
+            changes = [(override_keys(path, f"{path}={short(value)}"), value) for path, value in overrides.items()]
+        else:
+            changes = [parse_override(assignment) for assignment in overrides]
+        grouped: dict[str, list[Change]] = {}
+        for keys, value in changes:
+            if keys[0] not in SECTIONS:
+                raise unknown_key_error(keys[0], "", SECTIONS)
+            grouped.setdefault(keys[0], []).append((keys[1:], value))
+        if "stages" in grouped:
+            raise RecipeError("Recipe.replace does not change stages; replace fields of a stage's own recipe "
+                              "(recipe.stages[i].recipe.replace(...)).")
+        base = copy.deepcopy(self)
+        values = {name: replace(getattr(base, name), grouped[name])
+                  for name, replace in _SECTION_REPLACERS.items() if name in grouped}
+        return dataclasses.replace(base, **values)
+
+
+# ------------------------------------------------------------------ Recipe.replace, one section at a time
+REQUIRED_SECTIONS = ("task", "model", "data")
+
+
+def _replace_scalar(name: str, default: str | None = None) -> Callable[[str, list[Change]], str]:
+    def replace(current: str, changes: list[Change]) -> str:
+        value = patched(current, changes, name)
+        if value is None and name in REQUIRED_SECTIONS:
+            raise RecipeError(f"Missing required section '{name}'.")
+        return str(value or default) if default is not None else str(value)
+
+    return replace
+
+
+def _replace_dataclass(name: str) -> Callable[[Any, list[Change]], Any]:
+    """Field changes go through ``dataclasses.replace``; a whole new section is parsed like ``from_dict``."""
+
+    def replace(current: Any, changes: list[Change]) -> Any:
+        if all(keys for keys, _ in changes):
+            return replace_fields(current, changes, f"{name}.")
+        value = patched(to_dict(current), changes, name)
+        if value is None and name in REQUIRED_SECTIONS:
+            raise RecipeError(f"Missing required section '{name}'.")
+        return from_dict(type(current), value, f"{name}.")
+
+    return replace
+
+
+def _replace_registered(name: str, parse: Callable[[Any], Any]) -> Callable[[Any, list[Change]], Any]:
+    """Strategy and method options are typed by the registered name, so the section is parsed as a whole."""
+
+    def replace(current: Any, changes: list[Change]) -> Any:
+        return parse(patched(current.to_mapping(), changes, name))
+
+    return replace
+
+
+def _replace_training(current: dict[str, Any], changes: list[Change]) -> dict[str, Any]:
+    training = patched(current, changes, "training") or {}
+    if not isinstance(training, dict):
+        raise RecipeError("'training' must be a mapping of transformers.TrainingArguments fields.")
+    return dict(training)
+
+
+_SECTION_REPLACERS: dict[str, Callable[[Any, list[Change]], Any]] = {
+    "model": _replace_dataclass("model"),
+    "data": _replace_dataclass("data"),
+    "strategy": _replace_registered("strategy", StrategySection.from_mapping),
+    "method": _replace_registered("method", MethodSection.from_mapping),
+    "evaluation": _replace_dataclass("evaluation"),
+    "output": _replace_dataclass("output"),
+    "task": _replace_scalar("task"),
+    "name": _replace_scalar("name", "run"),
+    "training": _replace_training,
+}
+"""In the order ``from_dict`` validates them, so that the first error is the same."""
 
 
 __all__ = ["Recipe", "ModelSection", "DataSection", "AugmentationSection", "StrategySection", "MethodSection",

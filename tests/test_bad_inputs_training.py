@@ -199,9 +199,9 @@ def test_sigterm_mid_epoch_saves_without_evaluating_and_the_rerun_matches(models
     original = run.build_trainer
 
     def build(*args, **kwargs):
-        trainer = original(*args, **kwargs)
-        trainer.add_callback(sender)
-        return trainer
+        made = original(*args, **kwargs)
+        made.trainer.add_callback(sender)
+        return made
 
     monkeypatch.setattr(run, "build_trainer", build)
     out = tmp_path / "run"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hf_transfer.card import CardInputs, hub_id, write_model_card
+from hf_transfer.card import CardInputs, hub_id, render_model_card, write_model_card
+from hf_transfer.recipe import Recipe
+from hf_transfer.tasks.base import get_task
 
 
 def report(accuracy: float) -> dict:
@@ -15,15 +17,22 @@ def report(accuracy: float) -> dict:
             "confusion_matrix": [[16, 4], [8, 12]]}
 
 
-def inputs(base_model: str | None, datasets: list[str], with_scratch: bool = False) -> CardInputs:
+def inputs(base_model: str | None, datasets: list[str], with_scratch: bool = False,
+           task: str = "image-classification", hub_model_id: str | None = None, with_facts: bool = True) -> CardInputs:
+    facts = None
+    if with_facts:
+        recipe = Recipe.from_dict({"task": task, "model": {"name_or_path": "x"},
+                                   "data": {"path": "d", "image_size": 64}, "output": {"hub_model_id": hub_model_id}})
+        facts = get_task(task).card_facts(recipe)
     metrics = {"labels": ["cat", "dog"], "validation": report(0.7), "test": report(0.75),
                "train": {"runtime_s": 12.0, "steps": 30, "epochs": 3.0}}
     if with_scratch:
         metrics["scratch"] = {"test": report(0.55)}
-    return CardInputs(model_name="pets", task="image-classification", base_model=base_model, datasets=datasets,
+    return CardInputs(model_name="pets", task=task, base_model=base_model, datasets=datasets,
                       label_names=["cat", "dog"], strategy="linear_probe", strategy_options={"name": "linear_probe"},
                       hyperparameters={"learning_rate": 0.001}, data_summary={"train": 100, "test": 40},
-                      metrics=metrics, license="apache-2.0", tags=["pets"], recipe_yaml="task: image-classification\n")
+                      metrics=metrics, license="apache-2.0", tags=["pets"], recipe_yaml="task: image-classification\n",
+                      facts=facts)
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -66,3 +75,22 @@ def test_local_base_model_and_data_stay_out_of_the_metadata(tmp_path):
     data = ModelCard.load(write_model_card(inputs(str(local), [str(tmp_path / "data")]), tmp_path)).data.to_dict()
     assert "base_model" not in data and "datasets" not in data
     assert data["model-index"][0]["results"][0]["dataset"]["name"] == "data"
+
+
+def test_how_to_use_and_metadata_come_from_the_task_adapter():
+    image = render_model_card(inputs("timm/mobilenetv2_100.ra_in1k", ["d"], hub_model_id="me/pets"))
+    assert image.data.library_name == "timm" and "timm" in image.data.tags
+    assert 'pipeline("image-classification", model="me/pets")' in image.text
+    assert 'timm.create_model("hf-hub:me/pets", pretrained=True)' in image.text
+    assert "**Input:** images at 64 px" in image.text
+    text = render_model_card(inputs("pypi:all-MiniLM-L6-v2", ["d"], task="text-classification"))
+    assert text.data.library_name == "transformers" and text.data.pipeline_tag == "text-classification"
+    assert 'pipeline("text-classification", model="path/to/this/folder")' in text.text
+    assert "timm" not in text.text.split("## How to use")[1].split("## Training")[0]
+    assert "**Input:** text truncated to 128 tokens" in text.text
+
+
+def test_a_task_without_adapter_facts_still_gets_a_card():
+    card = render_model_card(inputs(None, ["d"], task="tabular-classification", with_facts=False))
+    assert card.data.pipeline_tag == "tabular-classification" and "tabular-classification" in card.data.tags
+    assert "A tabular classification model for 2 classes" in card.text

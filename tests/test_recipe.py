@@ -258,3 +258,50 @@ def test_replace_with_dict_and_list_returns_new_validated_recipe():
     assert recipe.replace(["data.samples_per_class=5"]).data.samples_per_class == 5
     with pytest.raises(RecipeError, match="Did you mean 'learning_rate'"):
         recipe.replace({"training.learning_rat": 1e-3})
+
+
+def test_replace_validates_each_changed_section_once_as_from_dict_does():
+    recipe = Recipe.from_dict(BASE)
+    auto = recipe.replace({"model.name_or_path": "auto", "model.candidates": ["a", "b"]})  # valid only together
+    assert auto.model.is_auto and auto.model.candidates == ["a", "b"]
+    with pytest.raises(RecipeError, match=r"'data\.augmentation\.hflip' is a probability in \[0, 1\]; got 2\.0"):
+        recipe.replace({"data.augmentation": {"hflip": 2}})
+    with pytest.raises(RecipeError, match=r"^Unknown key 'data\.augmentation\.hflp'\. Did you mean 'hflip'\?"):
+        recipe.replace({"data.augmentation.hflp": 0.5})
+    with pytest.raises(RecipeError, match=r"^'data\.max_train_samples' must be an integer; got 'many'\.$"):
+        recipe.replace({"data.max_train_samples": "many"})
+    with pytest.raises(RecipeError, match=r"does not combine with mixup"):
+        recipe.replace({"method": {"name": "distillation", "teacher": "t"}, "data.augmentation.mixup_alpha": 0.2})
+    with pytest.raises(RecipeError, match=r"^Unknown key 'foo'\."):
+        recipe.replace({"foo.bar": 1})
+
+
+def test_replace_copies_every_section():
+    recipe = Recipe.from_dict(recipe_dict(training={"seed": 3}, data={"path": "x", "data_files": {"train": "a"}}))
+    changed = recipe.replace({"training.learning_rate": 1e-3, "data.data_files.test": "b"})
+    changed.output.tags.append("mine")
+    assert recipe.training == {"seed": 3} and recipe.data.data_files == {"train": "a"} and recipe.output.tags == []
+    assert changed.data.data_files == {"train": "a", "test": "b"}
+    section = type(recipe.data.augmentation)(hflip=0.0)
+    assert recipe.replace({"data.augmentation": section}).data.augmentation == section
+
+
+def test_seed_is_typed_and_follows_training_seed():
+    recipe = Recipe.from_dict(BASE)
+    assert recipe.seed == 42
+    assert recipe.replace({"training.seed": 7}).seed == 7
+
+
+def test_a_task_registered_from_outside_is_a_valid_task(monkeypatch):
+    from hf_transfer.registry import TASKS
+
+    monkeypatch.setattr(TASKS, "_entries", dict(TASKS))
+
+    @TASKS.register("tabular-classification")
+    class Tabular:
+        pass
+
+    assert Recipe.from_dict(recipe_dict(task="tabular-classification")).task == "tabular-classification"
+    with pytest.raises(RecipeError, match=r"Supported: image-classification, text-classification, .*"
+                                          r"tabular-classification\.$"):
+        Recipe.from_dict(recipe_dict(task="tabular"))

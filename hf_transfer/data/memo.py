@@ -2,10 +2,10 @@
 
 Images are decoded and resized on every access, and the evaluation transform gives the same pixels each
 time, so every evaluation after the first (one per epoch with ``eval_strategy: epoch``, then the final
-report) would redo identical work: 0.6 ms per CIFAR image at 128 px on a 2-core CPU, about a tenth of
-MobileNetV2's forward pass. ``datasets`` caches ``map`` results on disk, but a decoded copy of an image
-split is large there and must be written in full before the first evaluation can start; this keeps uint8
-tensors in memory, filled by the evaluations themselves, up to a budget.
+report) would redo identical work, a sizeable share of a small model's forward pass (docs/performance.md).
+``datasets`` caches ``map`` results on disk, but a decoded copy of an image split is large there and must be
+written in full before the first evaluation can start; this keeps uint8 tensors in memory, filled by the
+evaluations themselves, up to a budget.
 """
 
 from __future__ import annotations

@@ -63,11 +63,12 @@ def resolve_column(role: str, requested: str | None, available: list[str], requi
             raise DataError(f"'data.{role}_column' = {short(requested)} is not a column of the data. "
                             f"Columns: {', '.join(available)}.")
         return requested
-    for candidate in COLUMN_CANDIDATES[role]:
+    candidates = COLUMN_CANDIDATES.get(role, (role,))  # a role of a task from outside: the column of its name
+    for candidate in candidates:
         if candidate in available:
             return candidate
     if required:
-        raise DataError(f"Could not find the {role} column (tried {', '.join(COLUMN_CANDIDATES[role])}). "
+        raise DataError(f"Could not find the {role} column (tried {', '.join(candidates)}). "
                         f"Columns: {', '.join(available)}. Set 'data.{role}_column'.")
     return None
 
@@ -79,7 +80,7 @@ def _require_distinct(columns: dict[str, str], section: DataSection) -> None:
         roles_by_column.setdefault(column, []).append(role)
     for column, roles in roles_by_column.items():
         if len(roles) > 1:
-            fields = " and ".join(f"'data.{role}_column'" + ("" if getattr(section, f"{role}_column") else
+            fields = " and ".join(f"'data.{role}_column'" + ("" if getattr(section, f"{role}_column", None) else
                                                               " (found by name)") for role in roles)
             raise DataError(f"Column '{column}' is used as both the {' and the '.join(roles)} column ({fields}); "
                             "each role needs its own column: set the data.<role>_column fields to different columns.")
@@ -174,7 +175,7 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
     available = list(train.column_names)
     columns = {}
     for role in input_roles:
-        requested = getattr(section, f"{role}_column")
+        requested = getattr(section, f"{role}_column", None)
         column = resolve_column(role, requested, available, required=role != "text_pair")
         if column is not None:
             columns[role] = column

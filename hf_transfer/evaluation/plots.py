@@ -5,30 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from matplotlib.figure import Figure
+
 #: Above this many classes, tick labels and cell counts are unreadable and are left out.
 MAX_LABELLED_CLASSES = 30
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: servers, CI and notebooks alike
-    import matplotlib.pyplot as plt
-
-    return plt
+def new_figure(width: float, height: float) -> Figure:
+    """A figure outside pyplot: no global backend switch (a notebook keeps its own) and nothing to close."""
+    return Figure(figsize=(width, height))
 
 
 def save_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence[str], path: Path) -> Path:
     """Row-normalised confusion matrix (colour = recall per true class), raw counts in the cells."""
     import numpy as np
 
-    plt = _pyplot()
     counts = np.asarray(matrix, dtype=float)
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     size = len(label_names)
     side = min(20.0, max(4.0, 0.45 * size + 2))
-    figure, axes = plt.subplots(figsize=(side, side))
+    figure = new_figure(side, side)
+    axes = figure.subplots()
     image = axes.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
     if size <= MAX_LABELLED_CLASSES:
@@ -43,10 +41,9 @@ def save_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence
     axes.set_ylabel("true")
     total = counts.sum()
     accuracy = np.trace(counts) / total if total else 0.0
-    axes.set_title(f"Confusion matrix ({int(total)} examples, accuracy {accuracy:.1%})")
+    axes.set_title(f"Confusion matrix\n{int(total)} examples, accuracy {accuracy:.1%}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
@@ -56,8 +53,8 @@ def save_learning_curves(log_history: list[dict[str, Any]], path: Path) -> Path 
     evaluation = [entry for entry in log_history if "eval_loss" in entry and "step" in entry]
     if not train and not evaluation:
         return None
-    plt = _pyplot()
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = new_figure(10, 4)
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
     if train:
         loss_axes.plot(*zip(*train), label="train loss", alpha=0.8)
     if evaluation:
@@ -71,5 +68,4 @@ def save_learning_curves(log_history: list[dict[str, Any]], path: Path) -> Path 
     accuracy_axes.set(xlabel="step", ylabel="accuracy", title="Validation accuracy")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path

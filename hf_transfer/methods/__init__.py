@@ -2,26 +2,25 @@
 
 A method adds what else the run learns from (the source weights, a teacher, unlabelled target data) as
 extra loss terms inside ``TransferTrainer.compute_loss``. Adding one is one new module with a ``Method``
-subclass decorated by ``@register_method("name")`` and one import line below.
+subclass decorated by ``@METHODS.register("name")`` and one import line below.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..registry import Registry
+from ..registry import METHODS
 from .base import Method
 
-METHODS: Registry[type[Method]] = Registry("method")
 register_method = METHODS.register
 
 
 def get_method(name: str) -> type[Method]:
-    return METHODS[name]
+    return METHODS.lookup(name)
 
 
 def create_method(name: str, options: Any) -> Method:
-    return METHODS[name](options)
+    return get_method(name)(options)
 
 
 from . import dann, distillation, l2sp  # noqa: E402,F401  (registration)

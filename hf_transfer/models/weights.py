@@ -11,19 +11,12 @@ from typing import Any, Iterable, Iterator
 
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 from transformers.utils import logging as transformers_logging
 
 from ..errors import ModelError
 from .layout import discover_layout
 
 logger = logging.getLogger(__name__)
-
-#: The auto class that loads a classifier for each task (backbones, teachers and the shape probe alike).
-AUTO_CLASSES: dict[str, type] = {
-    "image-classification": AutoModelForImageClassification,
-    "text-classification": AutoModelForSequenceClassification,
-}
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -97,11 +90,14 @@ def check_weight_files(folder: Path, field: str, name: str) -> None:
         check_safetensors(folder / WEIGHTS_NAME, field, name)
 
 
-def check_model_folder(folder: Path, task: str, field: str, name: str) -> None:
-    """Everything ``from_pretrained`` will read from a local folder, checked before any data is loaded."""
+def check_model_folder(folder: Path, auto_class: type | None, field: str, name: str) -> None:
+    """Everything ``from_pretrained`` will read from a local folder, checked before any data is loaded.
+
+    ``auto_class``: the task's ``AutoModelFor...`` class (``None``: no weight probe).
+    """
     check_json_files(folder, field, name)
     check_weight_files(folder, field, name)
-    check_weights_fit(folder, task, field, name)
+    check_weights_fit(folder, auto_class, field, name)
 
 
 @contextmanager
@@ -125,21 +121,21 @@ def _signature(folder: Path) -> tuple:
                  if p.is_file() and (p.suffix == ".safetensors" or p.name in LOADER_JSON_FILES))
 
 
-def check_weights_fit(folder: Path, task: str, field: str, name: str, new_head: bool = True) -> None:
+def check_weights_fit(folder: Path, auto_class: type | None, field: str, name: str, new_head: bool = True) -> None:
     """Load the folder on the meta device (no tensor data is read) to see which weights would start random.
 
     The same loading report as the real ``from_pretrained``, renamed keys and prefixes included, but before the
     data is prepared and before anything is written to the run folder. ``new_head``: see ``check_loading_info``.
     """
-    if task in AUTO_CLASSES and (folder / "config.json").is_file():
-        _probe(str(folder), task, _signature(folder), field, name, new_head)
+    if auto_class is not None and (folder / "config.json").is_file():
+        _probe(str(folder), auto_class, _signature(folder), field, name, new_head)
 
 
 @lru_cache(maxsize=32)
-def _probe(folder: str, task: str, signature: tuple, field: str, name: str, new_head: bool) -> None:
+def _probe(folder: str, auto_class: type, signature: tuple, field: str, name: str, new_head: bool) -> None:
     try:
         with _quiet_transformers():
-            model, info = AUTO_CLASSES[task].from_pretrained(folder, device_map="meta", output_loading_info=True,
+            model, info = auto_class.from_pretrained(folder, device_map="meta", output_loading_info=True,
                                                              ignore_mismatched_sizes=True, use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:  # the real load reports these
         logger.debug("Weight probe of %s skipped: %s", folder, error)

@@ -1,20 +1,24 @@
-"""A task adapter binds a modality (images, text) to the shared recipe engine.
+"""A task adapter binds a modality (images, text, ...) to the shared recipe engine.
 
-The engine never branches on the modality: it asks the adapter for the model, the
-preprocessed splits, the collator and how to save the preprocessing next to the model.
+The engine never branches on the modality: it asks the adapter for the model, the preprocessed splits, the
+collator, how to save the preprocessing next to the model, which saved models and teachers fit, what the
+feature cache must key on and what the model card says. Adding a task is one ``TaskAdapter`` subclass
+registered with ``@TASKS.register("my-task")``, inside the package or outside it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar
 
-from datasets import Dataset
+from datasets import Dataset, Features
 from transformers import PreTrainedModel
 
 from ..data.prepare import PreparedData
+from ..models.sources import ModelSource
 from ..recipe import Recipe
+from ..registry import TASKS
 
 
 @dataclass
@@ -25,40 +29,123 @@ class ModelInputs:
     validation: Dataset
     test: Dataset | None
     collator: Callable
-    mixup: Callable | None = None
-    """Batch-level mixing (timm ``Mixup``) applied to training batches in the loss."""
+    mixup: Callable[[dict[str, Any]], tuple[dict[str, Any], Any]] | None = None
+    """Batch-level mixing of training batches (e.g. timm ``Mixup``): a batch -> (model inputs, soft targets)."""
     eval_decodes: bool = False
     """Evaluation examples are decoded on every access (images), so keeping them in memory pays."""
 
 
-class TaskAdapter(Protocol):
+@dataclass(frozen=True)
+class CardFacts:
+    """What the model card says about a task's model: Hub metadata, the input and the "how to use" section."""
+
+    pipeline_tag: str
+    library_name: str = "transformers"
+    tags: tuple[str, ...] = ()
+    input_text: str = ""
+    """The **Input:** line of the card, e.g. the image size or the token limit."""
+    how_to_use: str = ""
+    """Markdown of the "How to use" section."""
+
+
+def pipeline_usage(pipeline_tag: str, load_id: str, example_input: str) -> str:
+    """The ``transformers.pipeline`` snippet of the card's "How to use" section."""
+    return (f'```python\nfrom transformers import pipeline\n\nclassifier = pipeline("{pipeline_tag}", '
+            f'model="{load_id}")\nprint(classifier({example_input}))\n```\n')
+
+
+def load_id(recipe: Recipe) -> str:
+    """Where a user loads the trained model from: the Hub repository if pushed, else the folder."""
+    return recipe.output.hub_model_id or "path/to/this/folder"
+
+
+class TaskAdapter:
+    """Every fact about one modality. Subclasses implement ``load_model``, ``model_inputs`` and ``input_roles``;
+    the other hooks have defaults that suit a task with nothing special to say."""
+
     name: ClassVar[str]
     pipeline_tag: ClassVar[str]
     input_roles: ClassVar[tuple[str, ...]]
-    training_defaults: ClassVar[dict[str, Any]]
+    """Data column roles, passed to ``prepare_data`` (e.g. ``("text", "text_pair")``)."""
+    training_defaults: ClassVar[dict[str, Any]] = {}
+    """``TrainingArguments`` values this modality prefers when the recipe leaves them out."""
+    auto_class: ClassVar[type | None] = None
+    """The ``AutoModelFor...`` class that loads this task's classifiers (weight probe, teachers)."""
+    example_input: ClassVar[str] = "..."
+    """A Python literal the card's pipeline snippet classifies."""
+    detected_by_default: ClassVar[bool] = False
+    """``hf-transfer rank`` picks this task for data that no adapter's ``detect`` claims."""
+    uses_channels_last: ClassVar[bool] = False
+    """``model.channels_last`` changes how this task's models run (convolutions on image tensors)."""
+
+    # ------------------------------------------------------------------------------ model and data
 
     def load_model(self, recipe: Recipe, label_names: list[str]) -> tuple[PreTrainedModel, Any]:
-        """The model with a new head for ``label_names``, and its processor (tokenizer / image config)."""
+        """The model with a new head for ``label_names``, and its processor (tokenizer / image config / None)."""
+        raise NotImplementedError
 
     def model_inputs(self, recipe: Recipe, data: PreparedData, model: PreTrainedModel, processor: Any) -> ModelInputs:
         """Lazy or cached preprocessing of the prepared splits."""
+        raise NotImplementedError
 
     def save_processor(self, processor: Any, model: PreTrainedModel, directory: Path) -> None:
         """Write what ``pipeline(...)`` needs besides config and weights."""
+        if processor is not None and hasattr(processor, "save_pretrained"):
+            processor.save_pretrained(directory)
 
+    def check_value(self, role: str, value: Any, where: str) -> None:
+        """Raise ``DataError`` (naming ``where``: split, row, column) if one raw input cannot be used the way
+        training will use it; ``hf-transfer check`` runs it on a sample of rows. Nothing to check by default."""
 
-TASK_ADAPTERS: dict[str, TaskAdapter] = {}
+    # ------------------------------------------------------------------------------ which models fit
 
+    def check_config(self, config: dict[str, Any], name: str, field: str) -> None:
+        """Reject a saved model folder (its ``config.json``) this task cannot load, before any data is read."""
 
-def register_task(cls):
-    TASK_ADAPTERS[cls.name] = cls()
-    return cls
+    def bare_name_source(self, name: str, field: str) -> ModelSource | None:
+        """Where a name that is neither a folder nor ``pypi:`` points, when it is not a Hub id (``None``: the Hub)."""
+        return None
+
+    def check_teacher(self, name: str, field: str, processor: Any, revision: str | None) -> None:
+        """A distillation teacher sees the student's inputs: reject one that reads them differently."""
+
+    # ------------------------------------------------------------------------------ feature cache
+
+    def cache_blocker(self, recipe: Recipe) -> str | None:
+        """Why this modality's inputs change between epochs, so cached features would be wrong (``None``: they do not)."""
+        return None
+
+    def preprocessing_identity(self, recipe: Recipe, model: PreTrainedModel, processor: Any) -> dict[str, Any]:
+        """Everything besides weights and rows that changes the features, for the feature cache key."""
+        return {}
+
+    # ------------------------------------------------------------------------------ reporting
+
+    def detect(self, features: Features) -> bool:
+        """``hf-transfer rank`` without ``--task``: does data with these columns belong to this task?"""
+        return False
+
+    def card_facts(self, recipe: Recipe) -> CardFacts:
+        roles = ", ".join(self.input_roles)
+        return CardFacts(pipeline_tag=self.pipeline_tag, tags=(self.name,), input_text=f"the {roles} column(s)",
+                         how_to_use=pipeline_usage(self.pipeline_tag, load_id(recipe), self.example_input))
+
+    # ------------------------------------------------------------------------------ benchmark baselines
+
+    def bench_batches(self, recipe: Recipe, data: PreparedData, split: Dataset, model: PreTrainedModel,
+                      processor: Any, training: bool, batch_size: int) -> list[dict[str, Any]]:
+        """``hf-transfer bench``'s raw loop: the split as ready tensors, batched by hand."""
+        raise NotImplementedError(f"Task '{self.name}' has no benchmark baselines.")
+
+    def bench_dataset(self, recipe: Recipe, data: PreparedData, split: Dataset, model: PreTrainedModel,
+                      processor: Any, training: bool) -> Dataset:
+        """``hf-transfer bench``'s naive ``Trainer``: the split fed as the transformers example scripts do."""
+        raise NotImplementedError(f"Task '{self.name}' has no benchmark baselines.")
 
 
 def get_task(name: str) -> TaskAdapter:
-    from . import image, text  # noqa: F401  (registration)
-
-    return TASK_ADAPTERS[name]
+    """The adapter registered as ``name``; an unknown name is a ``RecipeError`` with the closest name."""
+    return TASKS.lookup(name)()
 
 
 def label_maps(label_names: list[str]) -> dict[str, dict]:

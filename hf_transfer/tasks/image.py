@@ -9,16 +9,18 @@ from typing import Any, ClassVar
 
 import torch
 from PIL import Image
+from datasets import Dataset, Features
 from datasets import Image as DatasetsImage
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel, TimmWrapperConfig
 
-from ..data.prepare import LABEL, PreparedData
+from ..data.prepare import COLUMN_CANDIDATES, LABEL, PreparedData
 from ..data.validation import image_problem
 from ..errors import DataError, ModelError
-from ..models.sources import MODEL_FIELD, ModelSource, resolve_model_source
-from ..models.weights import check_loading_info
+from ..models.sources import MODEL_FIELD, ModelSource, is_timm_config, resolve_model_source
+from ..models.weights import check_loading_info, where
 from ..recipe import AugmentationSection, Recipe
-from .base import ModelInputs, label_maps, register_task
+from ..registry import TASKS
+from .base import CardFacts, ModelInputs, TaskAdapter, label_maps, load_id, pipeline_usage
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def create_transforms(config: dict[str, Any], augmentation: AugmentationSection,
     crop = {} if augmentation.random_resized_crop else {"scale": (1.0, 1.0), "ratio": (1.0, 1.0)}
     train = create_transform(
         **config, is_training=True, hflip=augmentation.hflip, vflip=augmentation.vflip,
-        # 0 means no jitter: timm would still add ColorJitter(0, 0, 0), a no-op costing 0.1 ms an image
+        # 0 means no jitter: timm would still add ColorJitter(0, 0, 0), a no-op that costs time per image
         auto_augment=augmentation.auto_augment, color_jitter=augmentation.color_jitter or None,
         re_prob=augmentation.re_prob, use_prefetcher=uint8_output and not augmentation.re_prob,
         **({"scale": tuple(augmentation.scale)} | crop))
@@ -161,7 +163,7 @@ class ImageCollator:
         pixels = batch["pixel_values"]
         if pixels.dtype == torch.uint8:
             # stays NCHW: a channels_last model converts it in its first convolution, and handing it
-            # channels_last input measured ~7 % slower in evaluation (MobileNetV2, 2-core CPU)
+            # channels_last input measured slower in evaluation (docs/performance.md)
             pixels = pixels.float().div_(255).sub_(self.mean).div_(self.std)
         batch["pixel_values"] = pixels
         return batch
@@ -182,15 +184,29 @@ def _strip_wrapper_prefix(weights: Path, prefix: str = "timm_model.") -> None:
                   metadata={"format": "pt"})
 
 
-@register_task
-class ImageClassification:
+class MixedPixels:
+    """timm ``Mixup``/``CutMix`` on a batch of images: (model inputs, soft targets) for the training loss."""
+
+    def __init__(self, mixup) -> None:
+        self.mixup = mixup
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        pixels, targets = self.mixup(inputs["pixel_values"], inputs["labels"])
+        return {"pixel_values": pixels}, targets
+
+
+@TASKS.register("image-classification")
+class ImageClassification(TaskAdapter):
     name: ClassVar[str] = "image-classification"
     pipeline_tag: ClassVar[str] = "image-classification"
     input_roles: ClassVar[tuple[str, ...]] = ("image",)
     training_defaults: ClassVar[dict[str, Any]] = {"learning_rate": 5e-4, "dataloader_num_workers": "auto"}
+    auto_class: ClassVar[type] = AutoModelForImageClassification
+    example_input: ClassVar[str] = '"path/or/url/to/image.jpg"'
+    uses_channels_last: ClassVar[bool] = True
 
     def load_model(self, recipe: Recipe, label_names: list[str]) -> tuple[PreTrainedModel, Any]:
-        source = resolve_model_source(recipe.model.name_or_path, task=self.name)
+        source = resolve_model_source(recipe.model.name_or_path, self)
         try:
             model = _load(source, recipe, label_names)
         except (OSError, ValueError) as error:
@@ -226,11 +242,14 @@ class ImageClassification:
         if augmentation.mixes:
             from timm.data import Mixup
 
-            mixup = Mixup(mixup_alpha=augmentation.mixup_alpha, cutmix_alpha=augmentation.cutmix_alpha,
-                          label_smoothing=0.0, num_classes=len(data.label_names))
+            mixup = MixedPixels(Mixup(mixup_alpha=augmentation.mixup_alpha, cutmix_alpha=augmentation.cutmix_alpha,
+                                      label_smoothing=0.0, num_classes=len(data.label_names)))
         collator = ImageCollator(config["mean"], config["std"])
         return ModelInputs(train=train, validation=validation, test=test, collator=collator, mixup=mixup,
                            eval_decodes=True)
+
+    def check_value(self, role: str, value: Any, where: str) -> None:
+        to_rgb(value)  # decodes it as training will; a bad file raises DataError naming itself
 
     def save_processor(self, processor: Any, model: PreTrainedModel, directory: Path) -> None:
         """timm models keep preprocessing in ``config.json``; add ``id2label``/``label2id`` there too."""
@@ -246,3 +265,67 @@ class ImageClassification:
             if model_args:
                 config["model_args"] = model_args
             path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    def check_config(self, config: dict[str, Any], name: str, field: str) -> None:
+        if not is_timm_config(config):
+            kind = config.get("model_type") or config.get("architecture") or "unknown"
+            raise ModelError(f"{where(field, name)} holds a '{kind}' model, not a timm image backbone; "
+                             "image-classification needs a timm model (a timm architecture name, a timm Hub id, or a "
+                             "folder saved from TimmWrapperForImageClassification).")
+
+    def bare_name_source(self, name: str, field: str) -> ModelSource | None:
+        """A name without ``/`` is a timm architecture (``resnet18``, ``resnet18.a1_in1k``), never a Hub id."""
+        if "/" in name:
+            return None
+        import timm
+
+        if timm.is_model(name) or timm.is_model(name.split(".")[0]):
+            return ModelSource("timm", name)
+        raise ModelError(f"{where(field, name)} is neither a local folder, a timm architecture nor a "
+                         "Hub id (user/name). See timm.list_models() for architectures.")
+
+    def cache_blocker(self, recipe: Recipe) -> str | None:
+        if recipe.data.augmentation.changes_input:
+            return ("data.augmentation changes the input every epoch (random_resized_crop, flips, auto_augment, "
+                    "color_jitter, re_prob or mixup); turn them off to train the head from cached features")
+        return None
+
+    def preprocessing_identity(self, recipe: Recipe, model: PreTrainedModel, processor: Any) -> dict[str, Any]:
+        cfg = dict(getattr(model.config, "pretrained_cfg", None) or {})
+        return {"image": {k: cfg.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct",
+                                                  "crop_mode")}}
+
+    def detect(self, features: Features) -> bool:
+        """An image-typed column, or a column named like one (``image``, ``img``, ...)."""
+        return any(isinstance(f, DatasetsImage) for f in features.values()) or any(
+            name in features for name in COLUMN_CANDIDATES["image"])
+
+    def card_facts(self, recipe: Recipe) -> CardFacts:
+        timm_id = (f"hf-hub:{recipe.output.hub_model_id}" if recipe.output.hub_model_id
+                   else "local-dir:path/to/this/folder")
+        return CardFacts(
+            pipeline_tag=self.pipeline_tag, library_name="timm", tags=("timm", self.name),
+            input_text=(f"images at {recipe.data.image_size or 'model default'} px, preprocessing from the timm "
+                        "`pretrained_cfg` in `config.json`"),
+            how_to_use=pipeline_usage(self.pipeline_tag, load_id(recipe), self.example_input)
+            + f'\nThe weights also load in timm: `timm.create_model("{timm_id}", pretrained=True)`.\n')
+
+    def bench_batches(self, recipe: Recipe, data: PreparedData, split: Dataset, model: PreTrainedModel,
+                      processor: Any, training: bool, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        train_tf, eval_tf = create_transforms(data_config(model), recipe.data.augmentation)
+        transform = train_tf if training else eval_tf
+        pixels = torch.stack([transform(to_rgb(image)) for image in split[data.columns["image"]]])
+        labels = torch.tensor(list(split[LABEL]))
+        return [{"pixel_values": pixels[i:i + batch_size], "labels": labels[i:i + batch_size]}
+                for i in range(0, len(labels), batch_size)]
+
+    def bench_dataset(self, recipe: Recipe, data: PreparedData, split: Dataset, model: PreTrainedModel,
+                      processor: Any, training: bool) -> Dataset:
+        """Decode and transform per batch in the main process."""
+        train_tf, eval_tf = create_transforms(data_config(model), recipe.data.augmentation)
+        transform, column = (train_tf if training else eval_tf), data.columns["image"]
+
+        def apply(batch):
+            return {"pixel_values": [transform(to_rgb(i)) for i in batch[column]], "labels": batch[LABEL]}
+
+        return split.with_transform(apply)

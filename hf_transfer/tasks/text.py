@@ -7,27 +7,34 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+from datasets import Dataset
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                           PreTrainedModel)
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
 from ..data.prepare import LABEL, PreparedData
 from ..errors import DataError, ModelError
-from ..models.sources import MODEL_FIELD, resolve_model_source
-from ..models.weights import check_loading_info
+from ..models.sources import MODEL_FIELD, TEACHER_FIELD, is_timm_config, resolve_model_source
+from ..models.weights import check_loading_info, where
 from ..recipe import Recipe
-from .base import ModelInputs, label_maps, register_task
+from ..registry import TASKS
+from .base import CardFacts, ModelInputs, TaskAdapter, label_maps, load_id, pipeline_usage
 
 
-@register_task
-class TextClassification:
+@TASKS.register("text-classification")
+class TextClassification(TaskAdapter):
     name: ClassVar[str] = "text-classification"
     pipeline_tag: ClassVar[str] = "text-classification"
     input_roles: ClassVar[tuple[str, ...]] = ("text", "text_pair")
     training_defaults: ClassVar[dict[str, Any]] = {"learning_rate": 5e-5, "dataloader_num_workers": 0}
+    auto_class: ClassVar[type] = AutoModelForSequenceClassification
+    example_input: ClassVar[str] = '"Replace me with a sentence to classify."'
+    detected_by_default: ClassVar[bool] = True
 
     def load_model(self, recipe: Recipe, label_names: list[str]) -> tuple[PreTrainedModel, Any]:
         section = recipe.model
-        source = resolve_model_source(section.name_or_path, task=self.name)
+        source = resolve_model_source(section.name_or_path, self)
         common = {"revision": section.revision, "trust_remote_code": section.trust_remote_code}
         labels = {"num_labels": len(label_names), **label_maps(label_names)}
         try:
@@ -81,6 +88,58 @@ class TextClassification:
     def save_processor(self, processor: Any, model: PreTrainedModel, directory: Path) -> None:
         processor.save_pretrained(directory)
 
+    def check_value(self, role: str, value: Any, where: str) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where} is empty or not text ({value!r}).")
+
+    def check_config(self, config: dict[str, Any], name: str, field: str) -> None:
+        if is_timm_config(config) or config.get("model_type") not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+            kind = config.get("model_type") or config.get("architecture") or "unknown"
+            raise ModelError(f"{where(field, name)} holds a '{kind}' model, which is not a text encoder "
+                             "with a sequence-classification head; text-classification needs e.g. a BERT-like folder.")
+
+    def check_teacher(self, name: str, field: str, processor: Any, revision: str | None) -> None:
+        check_same_tokenizer(name, processor, revision, field)
+
+    def preprocessing_identity(self, recipe: Recipe, model: PreTrainedModel, processor: Any) -> dict[str, Any]:
+        identity = tokenizer_fingerprint(processor) if processor is not None else None
+        return {"tokenizer": [type(processor).__name__, identity or getattr(processor, "name_or_path", ""),
+                              len(processor) if processor is not None else 0, recipe.data.max_length]}
+
+    def card_facts(self, recipe: Recipe) -> CardFacts:
+        return CardFacts(pipeline_tag=self.pipeline_tag, tags=(self.name,),
+                         input_text=f"text truncated to {recipe.data.max_length} tokens",
+                         how_to_use=pipeline_usage(self.pipeline_tag, load_id(recipe), self.example_input))
+
+    def bench_batches(self, recipe: Recipe, data: PreparedData, split: Dataset, model: PreTrainedModel,
+                      processor: Any, training: bool, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        texts, labels = list(split[data.columns["text"]]), list(split[LABEL])
+        batches = []
+        for i in range(0, len(texts), batch_size):
+            encoded = processor(texts[i:i + batch_size], truncation=True, max_length=recipe.data.max_length,
+                                padding=True, return_tensors="pt")
+            batches.append({**encoded, "labels": torch.tensor(labels[i:i + batch_size])})
+        return batches
+
+    def bench_dataset(self, recipe: Recipe, data: PreparedData, split: Dataset, model: PreTrainedModel,
+                      processor: Any, training: bool) -> Dataset:
+        """Tokenised once, padded to ``max_length``, as the transformers example scripts do."""
+        column, max_length = data.columns["text"], recipe.data.max_length
+        return split.map(lambda b: processor(list(b[column]), truncation=True, max_length=max_length,
+                                             padding="max_length"), batched=True, remove_columns=[column])
+
+
+def check_same_tokenizer(name: str, tokenizer: Any, revision: str | None = None, field: str = TEACHER_FIELD) -> None:
+    """The teacher sees the student's token ids, so both must share one vocabulary."""
+    location = resolve_model_source(name, TextClassification(), field).location
+    try:
+        teacher_tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{where(field, name)}: its tokenizer cannot be loaded ({error}).") from None
+    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ModelError(f"{where(field, name)} uses another vocabulary than the student model; "
+                         "distillation feeds the teacher the student's token ids, so both need the same tokenizer.")
+
 
 def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -89,11 +148,10 @@ def _digest(*parts: Any) -> str:
 def tokenizer_fingerprint(tokenizer: Any) -> str | None:
     """A hash of everything a tokenizer's output depends on, or ``None`` without a serialisable backend.
 
-    ``datasets`` would otherwise fingerprint each ``map`` by pickling the whole tokenizer: about 0.3 s per
-    split for MiniLM, which was most of a cached linear probe's run time. The backend's truncation and padding
-    are left out: each call sets them from its own arguments, which the caller hashes itself. They are cleared
-    for the serialisation and put back, which costs far less than parsing and re-encoding the JSON (a
-    30,000-word vocabulary: 3 ms against 80 ms).
+    ``datasets`` would otherwise fingerprint each ``map`` by pickling the whole tokenizer, which was most of a
+    cached linear probe's run time. The backend's truncation and padding are left out: each call sets them from
+    its own arguments, which the caller hashes itself. They are cleared for the serialisation and put back,
+    which costs far less than parsing and re-encoding the JSON.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:

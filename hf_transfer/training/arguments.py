@@ -1,18 +1,16 @@
 """The recipe's ``training`` section -> ``transformers.TrainingArguments``.
 
 Every ``TrainingArguments`` field passes through unchanged; hf-transfer only fills defaults that
-suit transfer learning (evaluate and checkpoint each epoch, keep the best model, no trackers).
+suit transfer learning (evaluate and checkpoint each epoch, keep the best model, no trackers). The section is
+validated with the rest of the recipe (``hf_transfer.recipe.validate_training_section``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 from pathlib import Path
 from typing import Any
 
-from ..config_utils import unknown_key_error
 from ..errors import RecipeError
 
 #: Defaults under the user's ``training`` section; task-specific ones come from the task.
@@ -36,79 +34,14 @@ TRANSFER_DEFAULTS: dict[str, Any] = {
     "seed": 42,
 }
 
-#: Fields hf-transfer owns: they follow from ``output.*`` or from the task.
-MANAGED = {"output_dir", "remove_unused_columns", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo",
-           "resume_from_checkpoint"}
-#: What to do instead, for managed keys whose replacement is not in the ``output`` section.
-_MANAGED_HINTS = {
-    "resume_from_checkpoint": "resuming is automatic: run the same command again and it continues from the last "
-                              "complete checkpoint in output.dir; to start from other weights, set model.name_or_path",
-}
-_MUST_BE_POSITIVE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
-                     "per_device_eval_batch_size", "gradient_accumulation_steps")
-#: (lowest, highest) allowed for numeric fields; values outside are typos, not experiments.
-_RANGES: dict[str, tuple[float, float]] = {
-    "learning_rate": (0, 9.99), "num_train_epochs": (0, 100_000), "per_device_train_batch_size": (1, 1 << 20),
-    "per_device_eval_batch_size": (1, 1 << 20), "gradient_accumulation_steps": (1, 1 << 16),
-    "weight_decay": (0, 10), "warmup_steps": (0, 1e9), "warmup_ratio": (0, 1), "max_grad_norm": (0, 1e9),
-    "label_smoothing_factor": (0, 1), "adam_beta1": (0, 1), "adam_beta2": (0, 1), "adam_epsilon": (0, 1),
-    "logging_steps": (0, 1e12), "eval_steps": (0, 1e12), "save_steps": (0, 1e12), "max_steps": (-1, 1e12),
-    "seed": (0, 2**32 - 1), "dataloader_num_workers": (0, 1024), "save_total_limit": (1, 1e9),
-}
-_INTEGERS = {"per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-             "max_steps", "seed", "dataloader_num_workers", "save_total_limit"}
-
-
-def _check_number(key: str, value: Any) -> None:
-    if value is None and key not in _MUST_BE_POSITIVE:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise RecipeError(f"'training.{key}' must be a number; got {value!r}.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise RecipeError(f"'training.{key}' must be a number; got {value!r}.") from None
-    if key in _MUST_BE_POSITIVE and not number > 0:
-        raise RecipeError(f"'training.{key}' must be > 0; got {value!r}.")
-    low, high = _RANGES[key]
-    if not low <= number <= high:  # also catches nan
-        size = "far too large" if number > high else "too small" if number < low else "not a number"
-        hint = " Typical values are 1e-5 .. 1e-2." if key == "learning_rate" else ""
-        raise RecipeError(f"'training.{key}' = {value!r} is {size}: it must be between {low:g} and {high:g}.{hint}")
-    if key in _INTEGERS and not number.is_integer():
-        raise RecipeError(f"'training.{key}' must be a whole number; got {value!r}.")
-
-
-@functools.cache
-def training_argument_fields() -> frozenset[str]:
-    from transformers import TrainingArguments
-
-    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
-
-
-def validate_training_section(training: dict[str, Any]) -> None:
-    """Reject unknown, managed and impossible keys without building anything heavy."""
-    valid = training_argument_fields()
-    for key, value in training.items():
-        if key in MANAGED:
-            hint = _MANAGED_HINTS.get(key, "use the 'output' section instead")
-            raise RecipeError(f"'training.{key}' is set by hf-transfer; {hint}.")
-        if not isinstance(key, str) or key not in valid:
-            raise unknown_key_error(str(key), "training.", valid)
-        if key in _RANGES:
-            _check_number(key, value)
-    if training.get("max_steps") == 0:  # Trainer would run one step and write a finished-looking run
-        raise RecipeError("'training.max_steps' = 0 trains nothing; remove it (train num_train_epochs) or set a "
-                          "positive number of optimizer steps.")
-
 
 def default_num_workers() -> int:
     """Data-loader worker processes for image decoding and augmentation.
 
     With a GPU the CPU is free for decoding: up to 8 workers, one core left to the training process.
     Without one, every core already runs the model's own threads, and a worker competing with them
-    stalls the whole step (measured on 2 cores: MobileNetV2 at 0.75x a raw loop, 1.0x inline); decoding
-    a small image inline costs a few percent of a CPU training step, so few-core CPU runs decode inline.
+    stalls the whole step, while decoding a small image inline costs little of a CPU training step; so
+    few-core CPU runs decode inline (the measurement is in docs/performance.md).
     """
     import torch
 
@@ -121,8 +54,8 @@ def default_num_workers() -> int:
 def bf16_pays() -> bool:
     """bf16 autocast by default only on GPUs with bf16 arithmetic (Ampere and later).
 
-    On CPUs without native bf16 (no AVX512-BF16/AMX) it is emulated: MobileNetV2 trained at 1.1 img/s
-    instead of 31 on the 2-core development machine. ``training.bf16``/``fp16`` in a recipe always win.
+    On CPUs without native bf16 (no AVX512-BF16/AMX) it is emulated and many times slower than fp32 (see
+    docs/performance.md). ``training.bf16``/``fp16`` in a recipe always win.
     """
     import torch
 
@@ -191,13 +124,3 @@ def shorten(text: str, limit: int = 200) -> str:
     """One line of at most ``limit`` characters, for values and library messages quoted in an error."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def evaluation_arguments(output_dir: Path | str, batch_size: int):
-    """``TrainingArguments`` for a prediction-only ``Trainer`` (``evaluate``, the forgetting report)."""
-    import torch
-    from transformers import TrainingArguments
-
-    return TrainingArguments(output_dir=str(output_dir), per_device_eval_batch_size=batch_size, report_to="none",
-                             remove_unused_columns=False, dataloader_num_workers=0,
-                             dataloader_pin_memory=torch.cuda.is_available())

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -34,6 +35,11 @@ MANIFEST = "hf_transfer_checkpoint.json"
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _TRAINING_STATE = ("optimizer.pt", "scheduler.pt")
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    """Where ``Trainer`` saves the checkpoint of ``step`` (``<output_dir>/checkpoint-<step>``)."""
+    return Path(output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
 
 
 def _sha256(path: Path) -> str:
@@ -114,11 +120,9 @@ class CheckpointManifest(TrainerCallback):
     """After each save, mark ``checkpoint-<step>`` complete (main process, once all processes saved)."""
 
     def on_save(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.barrier()  # every process has written its rng_state_<rank>.pth
         if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            folder = checkpoint_dir(args.output_dir, state.global_step)
             if folder.is_dir():
                 write_manifest(folder, save_only_model=bool(args.save_only_model))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from ..card import CardInputs, write_model_card
 from ..data.prepare import PreparedData
+from ..evaluation.plots import save_confusion_matrix, save_learning_curves
+from ..hub import push_folder
 from ..recipe import Recipe
 from ..tasks.base import get_task
 from .outputs import RunFolder
@@ -17,34 +20,31 @@ CARD_HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "per_device_train_b
                         "optim", "seed", "bf16", "fp16", "max_grad_norm", "label_smoothing_factor")
 
 
-def card_inputs(recipe: Recipe, data: PreparedData, metrics: dict, args, model_name: str):
-    from ..card import CardInputs
-
+def card_inputs(recipe: Recipe, data: PreparedData, metrics: dict, args, model_name: str) -> CardInputs:
     world = max(1, args.world_size)
     hyperparameters = {key: getattr(args, key) for key in CARD_HYPERPARAMETERS}
     hyperparameters["effective_batch_size"] = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
     summary = {**data.sizes(), "columns": data.columns, "splits": data.sources}
-    if recipe.task == "image-classification":
-        summary["image_size"] = recipe.data.image_size or "model default"
-    else:
-        summary["max_length"] = recipe.data.max_length
     return CardInputs(
         model_name=model_name, task=recipe.task,
         base_model=recipe.model.name_or_path if recipe.model.pretrained else None,
         datasets=[recipe.data.path], label_names=data.label_names, strategy=recipe.strategy.name,
         strategy_options=recipe.strategy.to_mapping(), hyperparameters=hyperparameters,
         data_summary=summary, metrics=metrics, license=recipe.output.license, tags=list(recipe.output.tags),
-        recipe_yaml=recipe.to_yaml(), repo_id=recipe.output.hub_model_id)
+        recipe_yaml=recipe.to_yaml(), repo_id=recipe.output.hub_model_id, facts=get_task(recipe.task).card_facts(recipe))
 
 
 def write_run_outputs(trainer, recipe: Recipe, data: PreparedData, metrics: dict, folder: RunFolder,
-                      write_card: bool = True) -> None:
-    from ..card import write_model_card
-    from ..evaluation.plots import save_confusion_matrix, save_learning_curves
-
+                      write_card: bool = True, model=None) -> None:
+    """``model`` is what gets saved when it is not ``trainer.model`` (the full model around a head trained on
+    cached features)."""
     staging = folder.staging()
-    trainer.save_model(str(staging))
-    get_task(recipe.task).save_processor(trainer.processing_class, trainer.model, staging)
+    model = trainer.model if model is None else model
+    if model is trainer.model:
+        trainer.save_model(str(staging))
+    else:  # what Trainer.save_model does for a PreTrainedModel in one process (the processor: save_processor below)
+        model.save_pretrained(staging)
+    get_task(recipe.task).save_processor(trainer.processing_class, model, staging)
     report = metrics.get("test") or metrics["validation"]
     save_confusion_matrix(report["confusion_matrix"], data.label_names, staging / "confusion_matrix.png")
     has_curves = save_learning_curves(trainer.state.log_history, staging / "learning_curves.png") is not None
@@ -57,6 +57,4 @@ def write_run_outputs(trainer, recipe: Recipe, data: PreparedData, metrics: dict
     folder.finish(metrics, keep_checkpoints=recipe.output.keep_checkpoints)
     logger.info("Wrote %s", folder.path)
     if recipe.output.push_to_hub:
-        from ..hub import push_folder
-
         push_folder(folder.path, recipe.output.hub_model_id, private=recipe.output.hub_private)

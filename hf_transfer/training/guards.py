@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+
 from ..errors import TrainingError
-from .checkpoints import last_complete_checkpoint
+from .checkpoints import checkpoint_dir, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class NonFiniteLossGuard(TrainerCallback):
         self.last_checkpoint = last_complete_checkpoint(Path(args.output_dir))
 
     def on_save(self, args, state, control, **kwargs):
-        self.last_checkpoint = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        self.last_checkpoint = str(checkpoint_dir(args.output_dir, state.global_step))
 
     def observe(self, loss: torch.Tensor) -> None:
         if bool(torch.isfinite(loss.detach()).all()):

@@ -1,8 +1,11 @@
-"""``finetune(recipe)``: data -> model -> strategy -> Trainer -> evaluation -> model folder and card."""
+"""One run, ``run_single(recipe)``: data -> model -> strategy -> Trainer -> evaluation -> model folder and card.
+
+Runs made of runs (stages, folds, learning curves, the from-scratch baseline, backbone selection) live in
+``hf_transfer.runs`` and call this one; it knows nothing of them.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 from contextlib import ExitStack
@@ -10,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
+from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, set_seed
 
 from ..data.memo import MemoisedSplit
@@ -18,26 +21,25 @@ from ..data.prepare import PreparedData, prepare_data
 from ..data.validation import skipped_report
 from ..errors import TrainingInterrupted
 from ..hub import check_push_target
-from ..features import build_cached_inputs, collate_features
-from ..evaluation.metrics import classification_report, metrics_for_trainer
-from ..methods import create_method
+from ..evaluation.metrics import metrics_for_trainer
+from ..features import CachedInputs, build_cached_inputs, collate_features
+from ..methods import Method, create_method
 from ..methods.preflight import method_preflight
 from ..models.layout import discover_layout
 from ..models.sources import resolve_model_source
-from ..recipe import AUTO, Recipe
+from ..recipe import Recipe
 from ..strategies import create_strategy
 from ..tasks.base import ModelInputs, get_task
 from .arguments import build_training_arguments, distributed_state, task_training_defaults
 from .checkpoints import CheckpointManifest, last_complete_checkpoint
 from .export import write_run_outputs
 from .guards import GracefulStop, NonFiniteLossGuard
-from .outputs import METRICS_FILE, RunFolder, record
-from .preflight import preflight_training
+from .outputs import RunFolder
+from ..evaluation.predict import evaluate_split
+from .preflight import TrainingPlan, preflight_training
 from .trainer import TransferTrainer
 
 logger = logging.getLogger(__name__)
-
-SCRATCH = "scratch"
 
 
 @dataclass
@@ -50,18 +52,24 @@ class FinetuneResult:
     trainer: TransferTrainer | None = field(default=None, repr=False)
 
 
-def evaluate_split(trainer: TransferTrainer, dataset, label_names: list[str], prefix: str) -> dict[str, Any]:
-    """Predict a whole split and return the full classification report (with the loss)."""
-    output = trainer.predict(dataset, metric_key_prefix=prefix)
-    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    report = classification_report(output.label_ids, np.argmax(logits, axis=-1), label_names)
-    if f"{prefix}_loss" in output.metrics:
-        report["loss"] = float(output.metrics[f"{prefix}_loss"])
-    return report
+@dataclass
+class RunBuild:
+    """A ready ``TransferTrainer`` and what the run needs from its build after training."""
+
+    trainer: TransferTrainer
+    model: nn.Module
+    """The model that is saved and returned: with a feature cache, the full model around the head the trainer
+    trains on cached features (they share the head's modules)."""
+    test_dataset: Any
+    feature_cache: CachedInputs | None
+    method: Method | None
+    loss_guard: NonFiniteLossGuard
+    stop: GracefulStop
 
 
-def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> TransferTrainer:
+def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunBuild:
     """Everything up to a ready ``Trainer``: model, strategy, preprocessing and arguments."""
+    set_seed(recipe.seed)  # here, not earlier: pre-flight work must not change which head the run starts from
     task = get_task(recipe.task)
     model, processor = task.load_model(recipe, data.label_names)
     strategy = create_strategy(recipe.strategy.name, recipe.strategy.options, discover_layout(model))
@@ -70,8 +78,9 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
         inputs = task.model_inputs(recipe, data, model, processor)
     args = build_training_arguments(recipe.training, checkpoints, task_training_defaults(task))
     loss_guard = NonFiniteLossGuard(on_nonfinite=recipe.evaluation.on_nonfinite_loss)
+    stop = GracefulStop()
     method = create_method(recipe.method.name, recipe.method.options) if recipe.method.name else None
-    callbacks = [*strategy.callbacks(), *(method.callbacks() if method else []), loss_guard, GracefulStop(),
+    callbacks = [*strategy.callbacks(), *(method.callbacks() if method else []), loss_guard, stop,
                  CheckpointManifest()]
     if recipe.evaluation.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recipe.evaluation.early_stopping_patience))
@@ -88,81 +97,45 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> Tran
         eval_dataset=inputs.validation, data_collator=inputs.collator, processing_class=processor,
         compute_metrics=metrics_for_trainer(len(data.label_names)), callbacks=callbacks,
         strategy=strategy, mixup=inputs.mixup, loss_guard=loss_guard, method=method)
-    trainer.test_dataset = inputs.test
-    trainer.feature_cache = cached
     if method is not None:
         method.setup(recipe, data, trainer)
-    return trainer
+    return RunBuild(trainer=trainer, model=model, test_dataset=inputs.test, feature_cache=cached, method=method,
+                    loss_guard=loss_guard, stop=stop)
 
 
-def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder, resume_from: str | None):
-    trainer = build_trainer(recipe, data, folder.checkpoints)
+def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder,
+                        resume_from: str | None) -> tuple[RunBuild, dict[str, Any]]:
+    build = build_trainer(recipe, data, folder.checkpoints)
+    trainer = build.trainer
     train_output = trainer.train(resume_from_checkpoint=resume_from)
-    stop = next(c for c in trainer.callback_handler.callbacks if isinstance(c, GracefulStop))
-    if stop.received is not None:
-        name = signal.Signals(stop.received).name
+    if build.stop.received is not None:
+        name = signal.Signals(build.stop.received).name
         raise TrainingInterrupted(f"Training stopped by {name} at step {trainer.state.global_step}; a checkpoint is "
-                                  f"in {folder.checkpoints}. Run the same command again to resume.", stop.received)
+                                  f"in {folder.checkpoints}. Run the same command again to resume.", build.stop.received)
     metrics: dict[str, Any] = {"labels": data.label_names}
     if data.skipped:
         metrics["skipped"] = skipped_report(data.skipped)
     metrics["validation"] = evaluate_split(trainer, trainer.eval_dataset, data.label_names, "validation")
-    if trainer.test_dataset is not None:
-        metrics["test"] = evaluate_split(trainer, trainer.test_dataset, data.label_names, "test")
-    if trainer.method is not None:
-        metrics.update(trainer.method.extra_metrics(trainer, data.label_names))
+    if build.test_dataset is not None:
+        metrics["test"] = evaluate_split(trainer, build.test_dataset, data.label_names, "test")
+    if build.method is not None:
+        metrics.update(build.method.extra_metrics(trainer, data.label_names))
     metrics["train"] = {
         "runtime_s": round(train_output.metrics.get("train_runtime", 0.0), 2),
         "samples_per_s": round(train_output.metrics.get("train_samples_per_second", 0.0), 2),
         "epochs": float(trainer.state.epoch or 0), "steps": int(trainer.state.global_step),
         "best_checkpoint_metric": trainer.state.best_metric,
     }
-    if trainer.loss_guard.skipped_steps:  # evaluation.on_nonfinite_loss: skip
-        metrics["train"]["skipped_nonfinite_steps"] = list(trainer.loss_guard.skipped_steps)
-    if trainer.feature_cache is not None:  # the trained head lives in the full model, which is what gets saved
-        metrics["feature_cache"] = trainer.feature_cache.report()
-        trainer.model = trainer.model_wrapped = trainer.feature_cache.model.model
-    return trainer, metrics
+    if build.loss_guard.skipped_steps:  # evaluation.on_nonfinite_loss: skip
+        metrics["train"]["skipped_nonfinite_steps"] = list(build.loss_guard.skipped_steps)
+    if build.feature_cache is not None:
+        metrics["feature_cache"] = build.feature_cache.report()
+    return build, metrics
 
 
-def _scratch_baseline(recipe: Recipe, folder: RunFolder) -> dict[str, Any]:
-    """The same recipe from random initialisation, in ``<output>/scratch``."""
-    overrides = {"model.pretrained": False, "output.dir": str(folder.path / SCRATCH),
-                 "output.push_to_hub": False, "output.overwrite": False, "evaluation.compare_to_scratch": False,
-                 "evaluation.cross_validate": None, "evaluation.learning_curve": None,
-                 **recipe.evaluation.scratch_overrides}
-    scratch_recipe = recipe.replace(overrides)
-    record(folder.path, SCRATCH)  # an overwrite set the old baseline aside with the rest of the run
-    if RunFolder(scratch_recipe.output.dir).is_finished():
-        return json.loads((Path(scratch_recipe.output.dir) / METRICS_FILE).read_text())
-    logger.info("Training the from-scratch baseline (evaluation.compare_to_scratch)")
-    return finetune(scratch_recipe, write_card=False).metrics
-
-
-def _transfer_gain(metrics: dict[str, Any], scratch: dict[str, Any]) -> dict[str, float]:
-    split = "test" if "test" in metrics and "test" in scratch else "validation"
-    return {key: round(metrics[split][key] - scratch[split][key], 6) for key in ("accuracy", "f1_macro")}
-
-
-def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
-    """Run a recipe end to end and write its model folder; resumes from the last checkpoint if any.
-
-    Stages, cross-validation and learning curves train their sub-runs first (``hf_transfer.protocols``);
-    ``model.name_or_path: auto`` ranks ``model.candidates`` first (``hf_transfer.transferability``).
-    """
-    if recipe.model.name_or_path == AUTO:
-        from ..transferability.auto import finetune_auto
-
-        return finetune_auto(recipe, write_card)
-    if recipe.stages or recipe.evaluation.cross_validate or recipe.evaluation.learning_curve:
-        from ..protocols import run_protocols
-
-        return run_protocols(recipe, write_card)
-    return run_single(recipe, write_card)
-
-
-#: Called after training, before anything is written: ``(trainer, metrics) -> entries added to metrics``.
-ExtraMetrics = Callable[[TransferTrainer, dict[str, Any]], dict[str, Any]]
+#: Called after training, before anything is written: ``(build, metrics) -> entries added to metrics``.
+#: Runs made of runs (``hf_transfer.runs``) pass it down; the trained weights are in ``build.model``.
+ExtraMetrics = Callable[[RunBuild, dict[str, Any]], dict[str, Any]]
 
 
 def protected_paths(recipe: Recipe) -> dict[str, Path]:
@@ -185,20 +158,27 @@ def run_folder(recipe: Recipe) -> RunFolder:
     return RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite, protected=protected_paths(recipe))
 
 
-def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetrics | None = None,
-               data: PreparedData | None = None) -> FinetuneResult:
-    """One training run; ``data`` replaces the recipe's own splits (cross-validation folds, curve fractions)."""
+def preflight_run(recipe: Recipe) -> tuple[RunFolder, TrainingPlan]:
+    """The checks that need no data, cheapest first: output folder, push target, model source, training arguments.
+
+    Nothing is written; runs made of runs call it before their sub-runs train.
+    """
     folder = run_folder(recipe)
-    seed = int(recipe.training.get("seed", 42))
-    set_seed(seed)
-    task = get_task(recipe.task)
-    state = distributed_state()
-    # Pre-flight, cheapest first: output folder, model config, then data (rows included); nothing is written yet.
-    if state.is_main_process:
+    if distributed_state().is_main_process:
         folder.check(recipe.to_yaml())
         check_push_target(recipe.output.hub_model_id, recipe.output.push_to_hub)
     resolve_model_source(recipe.model.name_or_path, recipe.task)
-    plan = preflight_training(recipe)
+    return folder, preflight_training(recipe)
+
+
+def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetrics | None = None,
+               data: PreparedData | None = None) -> FinetuneResult:
+    """One training run; ``data`` replaces the recipe's own splits (cross-validation folds, curve fractions)."""
+    seed = recipe.seed
+    task = get_task(recipe.task)
+    state = distributed_state()
+    # Pre-flight, cheapest first: output folder, model config, then data (rows included); nothing is written yet.
+    folder, plan = preflight_run(recipe)
     if data is None:
         with state.main_process_first():
             data = prepare_data(recipe.data, task.input_roles, seed)
@@ -211,14 +191,10 @@ def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetr
                 resume_from = claim.enter_context(folder.claimed(recipe.to_yaml()))
             else:
                 resume_from = last_complete_checkpoint(folder.checkpoints)
-        trainer, metrics = _train_and_evaluate(recipe, data, folder, resume_from)
-        if recipe.evaluation.compare_to_scratch:
-            scratch = _scratch_baseline(recipe, folder)
-            metrics["scratch"] = {k: scratch[k] for k in ("validation", "test", "train") if k in scratch}
-            metrics["transfer_gain"] = _transfer_gain(metrics, scratch)
+        build, metrics = _train_and_evaluate(recipe, data, folder, resume_from)
         if extra_metrics is not None:
-            metrics.update(extra_metrics(trainer, metrics))
-        if trainer.is_world_process_zero():
-            write_run_outputs(trainer, recipe, data, metrics, folder, write_card=write_card)
-        trainer.accelerator.wait_for_everyone()
-    return FinetuneResult(output_dir=folder.path, metrics=metrics, model=trainer.model, trainer=trainer)
+            metrics.update(extra_metrics(build, metrics))
+        if build.trainer.is_world_process_zero():
+            write_run_outputs(build.trainer, recipe, data, metrics, folder, write_card=write_card, model=build.model)
+        build.trainer.accelerator.wait_for_everyone()
+    return FinetuneResult(output_dir=folder.path, metrics=metrics, model=build.model, trainer=build.trainer)

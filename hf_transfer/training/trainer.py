@@ -31,7 +31,7 @@ def gc_frozen() -> Iterator[None]:
 
     accelerate's ``free_memory`` runs a full ``gc.collect()`` as training starts, and Python runs more of them
     during a long run. Each one walks the half a million objects that torch, transformers and datasets create on
-    import: 0.3 s on a 2-core machine, longer than training a linear head on cached features. Frozen objects
+    import, which can take longer than training a linear head on cached features. Frozen objects
     that become garbage meanwhile are collected after the block. Objects someone else froze stay frozen.
     """
     if gc.get_freeze_count():
@@ -102,8 +102,8 @@ class TransferTrainer(Trainer):
     def floating_point_ops(self, inputs: dict[str, torch.Tensor]) -> int:
         """Trainer's estimate (6 x input elements x non-embedding parameters), counting the parameters once.
 
-        ``Trainer`` recounts them after every step, walking the whole module tree and every parameter: 1.4 ms
-        a step for MobileNetV2 on a 2-core CPU, a quarter of a percent of its step, paid for nothing.
+        ``Trainer`` recounts them after every step, walking the whole module tree and every parameter, for a
+        number that cannot change.
         """
         model = self.model
         main_input = getattr(model, "main_input_name", "input_ids")
@@ -166,7 +166,7 @@ class TransferTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         from timm.loss import SoftTargetCrossEntropy
 
-        pixels, targets = self.mixup(inputs["pixel_values"], inputs["labels"])
-        outputs = model(pixel_values=pixels)
+        mixed, targets = self.mixup(inputs)  # the task's mixing: model inputs and soft targets
+        outputs = model(**mixed)
         loss = SoftTargetCrossEntropy()(outputs.logits, targets)
         return (loss, outputs) if return_outputs else loss

@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..registry import SCORES
+
 ScoreFunction = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], float]
 
 
@@ -25,19 +27,18 @@ class Score:
         return (self.function.__doc__ or "").strip().splitlines()[0]
 
 
-SCORES: dict[str, Score] = {}
-
-
 def register_score(name: str, title: str, needs_source: bool = False) -> Callable[[ScoreFunction], ScoreFunction]:
+    """Register a score function in ``SCORES`` as a ``Score`` with its title and whether it needs the source."""
+
     def decorate(function: ScoreFunction) -> ScoreFunction:
-        SCORES[name] = Score(name=name, function=function, needs_source=needs_source, title=title)
+        SCORES.add(name, Score(name=name, function=function, needs_source=needs_source, title=title))
         return function
 
     return decorate
 
 
 def get_score(name: str) -> Score:
-    return SCORES[name]
+    return SCORES.lookup(name)
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -68,7 +69,7 @@ def source_array(source_probs: Any, size: int) -> np.ndarray:
 
 def compute_score(name: str, features: Any, labels: Any, source_probs: Any = None) -> float | None:
     """The score, or ``None`` when it needs source probabilities and there are none (reported as n/a)."""
-    score = SCORES[name]
+    score = get_score(name)
     if score.needs_source and source_probs is None:
         return None
     return float(score.function(features, labels, source_probs))

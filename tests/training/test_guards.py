@@ -38,7 +38,8 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tiny_bert
     original = run.build_trainer
 
     def poisoned(*args, **kwargs):
-        trainer = original(*args, **kwargs)
+        build = original(*args, **kwargs)
+        trainer = build.trainer
 
         def nan_from_step_3(module, inputs, output):
             if module.training and trainer.state.global_step >= 2:
@@ -46,7 +47,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tiny_bert
             return output
 
         trainer.model.register_forward_hook(nan_from_step_3)
-        return trainer
+        return build
 
     monkeypatch.setattr(run, "build_trainer", poisoned)
     out = tmp_path / "run"
@@ -102,9 +103,9 @@ SLOW_RUN = textwrap.dedent("""
     original = run.build_trainer
 
     def build(*args, **kwargs):
-        trainer = original(*args, **kwargs)
-        trainer.add_callback(Slow())
-        return trainer
+        made = original(*args, **kwargs)
+        made.trainer.add_callback(Slow())
+        return made
 
     run.build_trainer = build
     from hf_transfer.cli import main
@@ -165,7 +166,7 @@ def test_recipe_name_cannot_move_the_default_output_dir():
     base = {"task": "text-classification", "model": {"name_or_path": "x/y"}, "data": {"path": "z"}}
     with pytest.raises(RecipeError, match="plain name"):
         Recipe.from_dict({**base, "name": "../../etc"})
-    assert Recipe.from_dict({**base, "name": "my run"}).output_dir == Path("runs") / "my run"
+    assert Path(Recipe.from_dict({**base, "name": "my run"}).output.dir) == Path("runs") / "my run"
 
 
 def test_skip_mode_drops_the_non_finite_steps_counts_them_and_finishes(tiny_bert_dir, text_csv_data, tmp_path,
@@ -175,7 +176,8 @@ def test_skip_mode_drops_the_non_finite_steps_counts_them_and_finishes(tiny_bert
     original = run.build_trainer
 
     def poisoned(*args, **kwargs):
-        trainer = original(*args, **kwargs)
+        build = original(*args, **kwargs)
+        trainer = build.trainer
 
         def nan_at_steps_3_and_5(module, inputs, output):
             if module.training and trainer.state.global_step in (2, 4):
@@ -183,7 +185,7 @@ def test_skip_mode_drops_the_non_finite_steps_counts_them_and_finishes(tiny_bert
             return output
 
         trainer.model.register_forward_hook(nan_at_steps_3_and_5)
-        return trainer
+        return build
 
     monkeypatch.setattr(run, "build_trainer", poisoned)
     out = tmp_path / "run"

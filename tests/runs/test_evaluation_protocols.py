@@ -10,8 +10,8 @@ import pytest
 
 from hf_transfer import Recipe, finetune
 from hf_transfer.errors import RecipeError
-from hf_transfer.evaluation.cross_validation import fold_indices, summarise
-from hf_transfer.evaluation.learning_curve import fraction_indices
+from hf_transfer.runs.cross_validation import fold_indices, summarise
+from hf_transfer.runs.learning_curve import fraction_indices
 
 LABELS = [0] * 30 + [1] * 20 + [2] * 10
 

@@ -14,24 +14,18 @@ from typing import Any
 
 from torch import nn
 
+from ..data.prepare import prepare_data
 from ..recipe import Recipe
+from ..tasks.base import get_task
+from ..evaluation.predict import evaluate_split, predictor
+from .carry import carried_keys
 
 
 def source_forgetting(source_recipe: Recipe, source_dir: Path, source_metrics: dict[str, Any],
                       target_model: nn.Module, source_name: str = "source") -> dict[str, Any]:
     """Source-task accuracy before (the source stage's) and after (target backbone + source head)."""
-    from ..training.arguments import evaluation_arguments
-
-    from ..data.prepare import prepare_data
-    from ..models.carry import carried_keys
-    from ..strategies import create_strategy
-    from ..models.layout import ParameterLayout
-    from ..tasks.base import get_task
-    from ..training.run import evaluate_split
-    from ..training.trainer import TransferTrainer
-
     task = get_task(source_recipe.task)
-    data = prepare_data(source_recipe.data, task.input_roles, int(source_recipe.training.get("seed", 42)))
+    data = prepare_data(source_recipe.data, task.input_roles, source_recipe.seed)
     split = "test" if data.test is not None and "test" in source_metrics else "validation"
     model, processor = task.load_model(
         source_recipe.replace({"model.name_or_path": str(source_dir), "model.pretrained": True}), data.label_names)
@@ -41,10 +35,8 @@ def source_forgetting(source_recipe: Recipe, source_dir: Path, source_metrics: d
     dataset = inputs.test if split == "test" else inputs.validation
     batch = int(source_recipe.training.get("per_device_eval_batch_size", 64))
     with tempfile.TemporaryDirectory() as scratch:
-        args = evaluation_arguments(scratch, batch)
-        trainer = TransferTrainer(model=model, args=args, data_collator=inputs.collator, processing_class=processor,
-                                  strategy=create_strategy("full", None, ParameterLayout((), ())))
-        after = evaluate_split(trainer, dataset, data.label_names, split)
+        after = evaluate_split(predictor(model, processor, inputs.collator, batch, scratch), dataset,
+                               data.label_names, split)
     before = source_metrics[split]
     return {"source_stage": source_name, "split": split, "num_samples": after["num_samples"],
             "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from datasets import concatenate_datasets
+from sklearn.model_selection import StratifiedKFold
 
 from ..data.prepare import LABEL, PreparedData, column_values
 from ..errors import RecipeError
 from ..recipe import Recipe
 from ..training.outputs import record
+from .reuse import SUB_RUN, run_or_reuse
 
 #: Sections of metrics.json whose numbers are summarised (per-class rows stay in each fold's own file).
 SUMMARISED = ("validation", "test", "train")
@@ -25,8 +28,6 @@ SUMMARISED = ("validation", "test", "train")
 
 def fold_indices(labels: Sequence[int], k: int, seed: int) -> list[tuple[list[int], list[int]]]:
     """``k`` (train, held-out) index pairs: held-out parts disjoint, covering everything, class-stratified."""
-    from sklearn.model_selection import StratifiedKFold
-
     labels = np.asarray(labels)
     classes, counts = np.unique(labels, return_counts=True)
     if counts.min() < k:
@@ -68,12 +69,8 @@ def summarise(fold_metrics: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def cross_validate(recipe: Recipe, data: PreparedData, root: Path) -> dict[str, Any]:
     """Train one run per fold in ``root/folds/<i>`` and summarise them."""
-    from datasets import concatenate_datasets
-
-    from ..protocols import SUB_RUN, run_or_reuse
-
     k = int(recipe.evaluation.cross_validate)
-    seed = int(recipe.training.get("seed", 42))
+    seed = recipe.seed
     pool = concatenate_datasets([data.train, data.validation])
     record(root, "folds")
     folds, metrics = [], []

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from hf_transfer import Recipe, finetune
 from hf_transfer.errors import RecipeError
-from hf_transfer.models.carry import write_initial_weights
-from hf_transfer.stages import run_recipes
+from hf_transfer.runs.carry import write_initial_weights
+from hf_transfer.runs.stages import run_recipes
 from hf_transfer.tasks.base import get_task
 
 TRAINING = {"num_train_epochs": 1, "per_device_train_batch_size": 8, "learning_rate": 5e-3,
@@ -137,7 +137,7 @@ def test_two_stage_run_writes_lineage_and_forgetting_and_resumes(tiny_timm_dir, 
     assert "## Lineage" in card and "Forgetting" in card
     assert (out / "stages.yaml").is_file() and result.output_dir == out
     # the mechanism: the source's own backbone under its own head scores exactly the source stage's accuracy
-    from hf_transfer.evaluation.forgetting import source_forgetting
+    from hf_transfer.runs.forgetting import source_forgetting
 
     source_recipe = Recipe.from_yaml(source_dir / "recipe.yaml")
     own, _ = get_task("image-classification").load_model(

@@ -14,7 +14,9 @@ from typing import Any, Sequence
 from ..data.prepare import LABEL, PreparedData, column_values
 from ..data.sampling import stratified_indices
 from ..recipe import Recipe
+from ..evaluation.plots import new_figure
 from ..training.outputs import record
+from .reuse import SUB_RUN, run_or_reuse
 
 PLOT_FILE = "learning_curve.png"
 VARIANTS = ("pretrained", "scratch")
@@ -35,9 +37,7 @@ def run_learning_curve(recipe: Recipe, data: PreparedData, root: Path) -> list[d
 
     The pretrained run at fraction 1.0 is the recipe's own run, so it is left to the caller.
     """
-    from ..protocols import SUB_RUN, run_or_reuse
-
-    seed = int(recipe.training.get("seed", 42))
+    seed = recipe.seed
     labels = column_values(data.train, LABEL)
     record(root, "learning_curve")
     points = []
@@ -74,10 +74,8 @@ def finish_learning_curve(points: list[dict[str, Any]], main_metrics: dict[str, 
 
 def save_learning_curve_plot(rows: list[dict[str, Any]], split: str, path: Path) -> Path:
     """Accuracy against the number of training examples (log scale), one line per variant."""
-    from .plots import _pyplot
-
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = new_figure(6, 4)
+    axes = figure.subplots()
     sizes = [row["train_samples"] for row in rows]
     for variant in VARIANTS:
         axes.plot(sizes, [row[variant]["accuracy"] for row in rows], "o-", label=variant)
@@ -88,5 +86,4 @@ def save_learning_curve_plot(rows: list[dict[str, Any]], split: str, path: Path)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from transformers import set_seed
 
 from ..errors import RecipeError
-from .layout import ParameterLayout, discover_layout
+from ..models.layout import ParameterLayout, discover_layout
 
 
 def _module(key: str) -> str:
@@ -72,10 +73,8 @@ def write_initial_weights(task: Any, load_recipe: Any, source_labels: list[str],
     ``load_recipe`` points ``model.name_or_path`` at the source stage's folder. The folder is written under a
     temporary name and renamed, so a killed run never leaves a half-written one behind.
     """
-    from transformers import set_seed
-
     source, processor = task.load_model(load_recipe.replace({"model.pretrained": True}), source_labels)
-    set_seed(int(load_recipe.training.get("seed", 42)))
+    set_seed(load_recipe.seed)
     fresh, _ = task.load_model(load_recipe.replace({"model.pretrained": False}), target_labels)
     state = source.state_dict()
     missing, unexpected = fresh.load_state_dict(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from hf_transfer.bench import RUNNERS, SCENARIOS, StepClock, markdown_table
+from hf_transfer.bench.switches import SWITCHES as MEASURED_SWITCHES
 from hf_transfer.cli import EXIT_USER_ERROR, run_cli
 
 REQUIRED = {"image_full_ft", "image_linear_probe", "text_full_ft", "text_linear_probe", "image_eval", "text_eval"}
@@ -18,15 +17,14 @@ def test_every_scenario_the_issue_names_is_registered():
     assert RUNNERS == ("raw", "naive_trainer", "hf_transfer")
 
 
-def test_step_clock_ignores_warm_up_steps():
+def test_step_clock_ignores_warm_up_steps(monkeypatch):
+    """A fake clock: step 1 takes 100 s (warm-up, not counted), steps 3-5 take 2 s each."""
+    ticks = iter([0.0, 100.0, 102.0, 104.0, 106.0, 106.0, 106.0, 106.0])
+    monkeypatch.setattr("hf_transfer.bench.clock.time.perf_counter", lambda: next(ticks))
     clock = StepClock(warmup=2)
-    clock.tick()
-    time.sleep(0.2)  # a slow first step must not count
-    clock.tick()
-    for _ in range(3):
-        time.sleep(0.01)
+    for _ in range(5):
         clock.tick()
-    assert 32 * 3 / 0.1 < clock.samples_per_s(32) < 32 * 3 / 0.03
+    assert clock.samples_per_s(32) == pytest.approx(32 * 3 / 6.0)
 
 
 def test_markdown_table_lists_each_scenario_and_the_cache_speedup():
@@ -104,10 +102,15 @@ def test_an_unknown_switch_is_refused(tmp_path, capsys):
     assert "fp8" in capsys.readouterr().err
 
 
-def test_the_cli_offers_every_measured_switch():
-    from hf_transfer.bench.switches import SWITCHES
-    from hf_transfer.cli import build_parser
+@pytest.mark.parametrize("switch", sorted(set(MEASURED_SWITCHES) - {"defaults"}))
+def test_the_cli_accepts_every_measured_switch(switch, monkeypatch, tmp_path):
+    """Each switch the bench measures passes the command line (the run itself is replaced)."""
+    from hf_transfer.bench import switches
 
-    bench = build_parser()._subparsers._group_actions[0].choices["bench"]
-    offered = next(a for a in bench._actions if a.dest == "switches").choices
-    assert set(offered) == set(SWITCHES) - {"defaults"}
+    seen = {}
+    monkeypatch.setattr(switches, "run_switch_benchmarks", lambda scenarios, settings, output, only: seen.update(
+        only=only) or {"scenarios": []})
+    monkeypatch.setattr(switches, "switches_table", lambda report: "")
+    (tmp_path / "data").mkdir()
+    assert run_cli(["bench", "--shared", str(tmp_path), "--switches", switch, "--output", str(tmp_path / "b.json")]) == 0
+    assert seen["only"] == [switch]
