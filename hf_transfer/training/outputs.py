@@ -275,8 +275,10 @@ class RunFolder:
             return
         owner = self.owner()
         if owner is None:
+            legacy = " (a run of an hf-transfer older than this marker counts too: move or delete it yourself)" \
+                if (self.path / RECIPE_FILE).is_file() and (self.path / METRICS_FILE).is_file() else ""
             raise OutputError(f"'output.dir' = '{self.path}' is not empty and was not made by hf-transfer (no "
-                              f"{OWNER_FILE}); nothing in it is touched. Choose an empty or new folder.")
+                              f"{OWNER_FILE}){legacy}; nothing in it is touched. Choose an empty or new folder.")
         foreign = foreign_entries(self.path, owner)
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")

@@ -118,6 +118,17 @@ def test_foreign_files_in_our_finished_run_are_refused_and_untouched(tmp_path, o
     assert snapshot(path) == before
 
 
+def test_a_run_without_the_marker_is_refused_with_a_hint_and_untouched(tmp_path):
+    path = tmp_path / "old_run"  # what an hf-transfer from before the marker left: indistinguishable from a user's
+    path.mkdir()
+    (path / RECIPE_FILE).write_text("task: text-classification\n")
+    (path / METRICS_FILE).write_text("{}")
+    before = snapshot(path)
+    with pytest.raises(OutputError, match="move or delete it yourself"):
+        claim(RunFolder(path, overwrite=True))
+    assert snapshot(path) == before
+
+
 def test_a_forged_or_broken_marker_does_not_make_a_folder_ours(tmp_path):
     path = project_folder(tmp_path / "project")
     (path / OWNER_FILE).write_text('{"entries": ["data", "notes"]}')  # not written by hf-transfer
