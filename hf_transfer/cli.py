@@ -10,13 +10,22 @@ import argparse
 import json
 import logging
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Callable, NoReturn
 
 from .errors import HfTransferError, user_message
 from .registry import load_plugins
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's mistakes (a missing value, an unknown flag) as one ``error:`` line and exit code 2, like every
+    other user error; the usage block is one ``--help`` away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,12 +62,12 @@ def cmd_check(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .errors import RecipeError
-    from .evaluation.evaluate import check_output_path, evaluate_model, write_report
+    from .evaluation.evaluate import check_report_path, evaluate_model, write_report
 
     if args.batch_size < 1:
         raise RecipeError(f"--batch-size must be a whole number of at least 1; got {args.batch_size}.")
     if args.output:
-        check_output_path(args.output, "--output")
+        check_report_path(args.output, args.overwrite)
     report = evaluate_model(args.model_dir, args.data, split=args.split, overrides=args.overrides,
                             batch_size=args.batch_size)
     text = json.dumps(report, indent=2)
@@ -112,12 +121,49 @@ def cmd_rank(args) -> int:
     from .transferability.report import check_output, markdown_table, summary, write_ranking
 
     output = Path(args.output)
+    _check_rank_folder(output)
     check_output(output, args.overwrite)
     recipe = rank_recipe(args)
     ranking = rank_candidates(recipe, max_samples=args.max_samples)
+    _claim_rank_folder(output)
     write_ranking(ranking, output, overwrite=args.overwrite)
     print(f"\n{summary(ranking)}\n\n{markdown_table(ranking)}\n\nWrote {output}/ranking.json, ranking.md, ranking.png")
     return 0
+
+
+def _check_rank_folder(output: Path) -> None:
+    """The run folders' rule for ``rank --output``: a new or empty folder, or one hf-transfer made (its marker
+    lists what it wrote) holding nothing else; a user's own files are never written over."""
+    from .atomic import check_output_path, short_path
+    from .errors import OutputError
+    from .training.outputs import OWNER_FILE, foreign_entries, read_owner
+
+    check_output_path(output, "--output", folder=True)
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    owner = read_owner(output)
+    if owner is None:
+        raise OutputError(f"--output '{short_path(output)}' is not empty and was not made by hf-transfer (no "
+                          f"{OWNER_FILE}); nothing in it is touched. Choose a new or empty --output folder.")
+    foreign = foreign_entries(output, owner)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(f"--output '{short_path(output)}' holds files hf-transfer did not write ({shown}); move "
+                          "them out or choose another --output folder. Nothing was changed.")
+
+
+def _claim_rank_folder(output: Path) -> None:
+    """List the ranking files in the folder's marker before writing them (a new marker for a new or empty folder)."""
+    from .atomic import write_atomic
+    from .training.outputs import OWNER_FILE, Owner, read_owner, record
+    from .transferability.report import JSON_FILE, MARKDOWN_FILE, PLOT_FILE
+
+    names = (JSON_FILE, MARKDOWN_FILE, PLOT_FILE)
+    if read_owner(output) is not None:
+        record(output, *names)
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    write_atomic(output / OWNER_FILE, Owner(entries=list(names)).to_json())
 
 
 def _print_summary(metrics: dict, output_dir) -> None:
@@ -134,13 +180,13 @@ def _print_summary(metrics: dict, output_dir) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-transfer", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="hf-transfer", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                         help="import MODULE (on the Python path) first, so that the strategies, methods, tasks or "
                              "scores it registers can be named in recipes (repeatable; entry points of the group "
                              "hf_transfer.plugins are always imported)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     finetune = commands.add_parser("finetune", help="train a recipe and write its model folder")
     _recipe_arguments(finetune)
     finetune.set_defaults(run=cmd_finetune)
@@ -152,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="dataset id, folder or file")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--output", help="write the JSON report here")
+    evaluate.add_argument("--output", help="write the JSON report here (a new file unless --overwrite)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     evaluate.set_defaults(run=cmd_evaluate)
     bench = commands.add_parser("bench", help="throughput and memory against a raw loop and a naive Trainer")

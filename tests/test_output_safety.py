@@ -193,3 +193,20 @@ def test_sigterm_during_an_overwrite_keeps_the_old_run_and_resumes(finished, tmp
     assert run_cli(["finetune", str(path)]) == 0
     assert not (out / ".next").exists() and not (out / ".previous").exists()
     assert json.loads((out / METRICS_FILE).read_text())["train"]["steps"] > 2
+
+
+def test_a_later_stage_with_missing_data_stops_before_the_first_stage_trains(models, tmp_path, capsys):
+    recipe = text_recipe(tmp_path, models)
+    recipe["stages"] = [{"name": "a"}, {"name": "b", "data": {"path": str(tmp_path / "nowhere")}}]
+    assert run_cli(["finetune", str(write_recipe(tmp_path, recipe))]) == EXIT_USER_ERROR
+    one_error(capsys, "nowhere", "does not exist")
+    assert not (tmp_path / "out").exists()
+
+
+def test_writing_over_the_model_folder_the_run_reads_is_refused(finished, tmp_path, capsys):
+    out, recipe, before = finished
+    recipe["model"]["name_or_path"] = str(out)
+    recipe["output"]["overwrite"] = True
+    assert run_cli(["finetune", str(write_recipe(tmp_path, recipe))]) == EXIT_USER_ERROR
+    one_error(capsys, "'model.name_or_path'", "which the run reads")
+    assert snapshot(out) == before

@@ -12,7 +12,7 @@ from ..errors import DataError
 from ..recipe import DataSection
 from .sampling import per_class_indices, stratified_indices, stratified_split
 from .sources import load_raw
-from .validation import BadRow, check_rows
+from .validation import BadRow, check_label_type, check_rows
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ def _label_names(train: Dataset, column: str) -> list[str]:
     feature = train.features[column]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
+    check_label_type(feature, "train", column)
     values = [v for v in train.unique(column) if v is not None]
     if not values:
         raise DataError(f"The label column '{column}' of the train split is empty.")
@@ -98,10 +99,28 @@ def _label_names(train: Dataset, column: str) -> list[str]:
     return [str(v) for v in sorted(values)]
 
 
+def _near_duplicates(names: list[str]) -> list[str]:
+    """Labels that differ only by case or surrounding spaces ("positive", "Positive ") are kept apart, since a user
+    may mean them, but are far more often one class typed two ways: say so rather than train on it silently."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.strip().casefold(), []).append(name)
+    similar = [group for group in groups.values() if len(group) > 1]
+    if not similar:
+        return []
+    shown = "; ".join(" / ".join(short(n, 30) for n in group[:4]) for group in similar[:5])
+    more = f" and {len(similar) - 5} more group(s)" if len(similar) > 5 else ""
+    note = (f"labels that differ only by case or surrounding spaces are separate classes: {shown}{more}; "
+            "if they mean the same class, make them identical in the data")
+    logger.warning("Note: %s.", note)
+    return [note]
+
+
 def encode_labels(split: Dataset, split_name: str, column: str, names: list[str]) -> Dataset:
     """Turn ``column`` into the shared ``labels`` ClassLabel column; unknown labels are an error."""
     target = ClassLabel(names=names)
     feature = split.features[column]
+    check_label_type(feature, split_name, column)
     if isinstance(feature, ClassLabel):
         if list(feature.names) != names:
             unknown = sorted(set(feature.names) - set(names))
@@ -214,7 +233,7 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
         test_name, validation_name = validation_name, None
     test = clean(raw[test_name], test_name) if test_name else None
     sources["test"] = f"split '{test_name}'" if test_name else "none"
-    notes: list[str] = []
+    notes: list[str] = _near_duplicates(names)
     if test is None and section.test_fraction > 0:
         rest, held = stratified_split(column_values(train, LABEL), section.test_fraction, seed)
         train, test = train.select(rest), train.select(held)

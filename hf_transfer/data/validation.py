@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import ClassLabel, Dataset, Image, Value
+from datasets import ClassLabel, Dataset, Image, LargeList, List, Value
 
 from ..errors import DataError
 
@@ -107,9 +107,24 @@ def as_images(split: Dataset, column: str) -> Dataset:
     return split.cast_column(column, Image()) if struct or binary else split
 
 
+def check_label_type(feature: Any, split_name: str, column: str) -> None:
+    """One class per row: a list (multi-label), struct or image column cannot be a label column, and Arrow
+    cannot even list its distinct values; say so before anything reads them."""
+    if isinstance(feature, (ClassLabel, Value)):
+        return
+    kind = "lists" if isinstance(feature, (list, List, LargeList)) else \
+        "dicts (structs)" if isinstance(feature, dict) else type(feature).__name__
+    described = str(feature) if len(str(feature)) <= 60 else str(feature)[:57] + "..."
+    raise DataError(f"The {split_name} split: labels in column '{column}' are {kind} ({described}); a "
+                    "label must be one class name or integer per row (multi-label data is not supported). "
+                    "Set 'data.label_column' to a column with one class per row, or fix the data.")
+
+
 def _check_column_types(split: Dataset, split_name: str, columns: dict[str, str]) -> None:
     for role, column in columns.items():
         feature = split.features[column]
+        if role == "label":
+            check_label_type(feature, split_name, column)
         if role in ("text", "text_pair") and not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
             raise DataError(f"The {split_name} split: '{column}' is the {role} column but holds {feature}, not text. "
                             f"Set 'data.{role}_column' to a text column. Columns: {', '.join(split.column_names)}.")

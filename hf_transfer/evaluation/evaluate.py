@@ -20,6 +20,16 @@ from ..training.outputs import RECIPE_FILE
 from .predict import evaluate_split, predictor
 
 
+def check_report_path(path: str | Path, overwrite: bool = False) -> Path:
+    """``--output`` must be a file we may write, and a new one unless ``--overwrite``: an existing file may be the
+    user's own. Checked before evaluating."""
+    path = check_output_path(path, "--output")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputError(f"--output '{short_path(path)}' already exists; pass --overwrite to replace it, or choose "
+                          "another --output file. Nothing was evaluated or written.")
+    return path
+
+
 def write_report(path: str | Path, text: str) -> Path:
     """``write_atomic`` (which removes its temporary file on failure), a failed write as one OutputError."""
     path = check_output_path(path, "--output")

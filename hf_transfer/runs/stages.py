@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config_utils import to_dict
-from ..data.prepare import prepare_data
+from ..data.prepare import PreparedData, prepare_data
+from ..methods.preflight import method_preflight
+from ..models.sources import resolve_model_source
 from ..recipe import Recipe
 from ..recipe_stages import WEIGHT_CARRIES, Stage
 from ..tasks.base import get_task
 from ..training.outputs import record
+from ..training.preflight import preflight_training
 from ..training.run import run_folder
 from .carry import carried_keys, write_initial_weights
 from .forgetting import source_forgetting
@@ -73,14 +76,34 @@ def run_stages(recipe: Recipe, write_card: bool = True):
     root = Path(recipe.output.dir)
     runs = run_recipes(recipe)
     folder = run_folder(recipe)
+    folder.check(runs[-1].to_yaml())
     check_layer_names(recipe)
+    data = _preflight_stages(recipe, runs)
     with folder.claimed(runs[-1].to_yaml()):
         record(root, "stages")
         folder.write_text(STAGES_FILE, recipe.to_yaml())
-        return _train_stages(recipe, runs, write_card)
+        return _train_stages(recipe, runs, data, write_card)
 
 
-def _train_stages(recipe: Recipe, runs: list[Recipe], write_card: bool):
+def _preflight_stages(recipe: Recipe, runs: list[Recipe]) -> dict[int, PreparedData]:
+    """Every unfinished stage's training arguments, model source, data and method, before the first one trains.
+
+    A stage whose model comes from the stage before (``carry``) has no folder to check yet. Returns each
+    stage's prepared data, which its run then uses.
+    """
+    prepared = {}
+    for i, (stage, run) in enumerate(zip(recipe.stages, runs)):
+        if finished_metrics(run.output.dir) is not None:
+            continue
+        preflight_training(run)
+        if stage.transfer is None or stage.transfer.carry not in WEIGHT_CARRIES:
+            resolve_model_source(run.model.name_or_path, run.task)
+        prepared[i] = prepare_data(run.data, get_task(run.task).input_roles, run.seed)
+        method_preflight(run, prepared[i].label_names)
+    return prepared
+
+
+def _train_stages(recipe: Recipe, runs: list[Recipe], prepared: dict[int, PreparedData], write_card: bool):
     lineage: list[dict[str, Any]] = []
     result = None
     for i, (stage, run) in enumerate(zip(recipe.stages, runs)):
@@ -91,7 +114,7 @@ def _train_stages(recipe: Recipe, runs: list[Recipe], write_card: bool):
             logger.info("Stage '%s' is finished (%s); skipping it", stage.name, run.output.dir)
         else:
             logger.info("Stage %d/%d: '%s' -> %s", i + 1, len(runs), stage.name, run.output.dir)
-            data = prepare_data(run.data, get_task(run.task).input_roles, run.seed)
+            data = prepared[i]
             if entry["carry"] in ("all", "backbone"):
                 _write_initial_weights(recipe, i, run, source, data.label_names)
             extra = partial(_stage_metrics, entry=entry, source=source, source_recipe=runs[i - 1], lineage=lineage,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 from contextlib import contextmanager
@@ -71,9 +72,11 @@ def recipe_differences(old_yaml: str, new_yaml: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- where a run may go
-def check_location(path: Path, protected: Mapping[str, Path] | None = None) -> None:
+def check_location(path: Path, protected: Mapping[str, Path] | None = None,
+                   sources: Mapping[str, Path] | None = None) -> None:
     """Refuse places no run should write to: system folders, ``/``, home, the working folder or one above it,
-    a path under a file, a dangling link, and the folders named in ``protected`` (data, recipe) or above them."""
+    a path under a file, a dangling link, the folders named in ``protected`` (data) or above or inside them, and
+    the folders in ``sources`` (models the run reads) or inside them."""
     if not str(path).strip():
         raise OutputError("'output.dir' is empty: set it to a new folder, e.g. runs/my-run.")
     if path.is_symlink() and not path.exists():
@@ -97,6 +100,11 @@ def check_location(path: Path, protected: Mapping[str, Path] | None = None) -> N
         if place.is_relative_to(resolved) or resolved.is_relative_to(place):
             raise OutputError(f"'output.dir' = '{path}' overlaps '{field_name}' ({place}); runs and their inputs "
                               "must live in separate folders. Choose another output.dir.")
+    for field_name, place in (sources or {}).items():
+        place = place.resolve()
+        if resolved.is_relative_to(place):
+            raise OutputError(f"'output.dir' = '{path}' is or lies inside '{field_name}' ({place}), which the run "
+                              "reads; write the new run to another folder.")
     ancestor = resolved
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -215,10 +223,49 @@ def _is_temporary_of(name: str, entries: set[str]) -> bool:
     return name.startswith(".") and len(suffix) == 8 and stem in entries
 
 
+#: Folders that hold sub-runs (each with its own marker) and the starting weights of stages.
+CONTAINERS = ("stages", "folds", "learning_curve")
+#: What ``checkpoints/`` may hold: the Trainer's checkpoint folders (also while it writes them) and trackers' logs.
+CHECKPOINT_CONTENT = re.compile(r"^(tmp-)?checkpoint-\d+$|^runs$")
+#: Top-level entries of a run that has not finished yet; clearing one removes nothing else.
+UNFINISHED_ENTRIES = (RECIPE_FILE, CHECKPOINTS, "stages.yaml", "scratch", "ranking.json", "ranking.md",
+                      "ranking.png", "learning_curve.png", *CONTAINERS)
+
+
 def foreign_entries(folder: Path, owner: Owner) -> list[str]:
-    """Top-level entries of ``folder`` that hf-transfer did not write."""
-    entries = set(owner.entries) | set(RESERVED)
-    return sorted(p.name for p in folder.iterdir() if p.name not in entries and not _is_temporary_of(p.name, entries))
+    """Paths below ``folder`` (relative to it) that hf-transfer did not write: top-level names not on the marker's
+    list, anything in ``checkpoints/`` but the Trainer's checkpoints, anything in ``.previous``/``.next`` that is not
+    a run entry, and the same inside sub-runs (their own markers) and folders of sub-runs."""
+    return sorted(_foreign(folder, set(owner.entries), ""))
+
+
+def _foreign(folder: Path, entries: set[str], prefix: str) -> Iterator[str]:
+    for path in folder.iterdir():
+        name, where = path.name, prefix + path.name
+        if name in (PREVIOUS, NEXT):  # the old run set aside, or an unfinished successor: run entries only
+            yield from (_foreign(path, entries, where + "/") if path.is_dir() and not path.is_symlink() else [where])
+        elif name in RESERVED or _is_temporary_of(name, entries | set(RESERVED)):
+            continue
+        elif name not in entries:
+            yield where
+        elif name == CHECKPOINTS and path.is_dir():
+            yield from (f"{where}/{p.name}" for p in path.iterdir() if not CHECKPOINT_CONTENT.match(p.name))
+        elif name in CONTAINERS and path.is_dir():
+            yield from _foreign_in_container(path, where + "/")
+        elif path.is_dir() and (owner := read_owner(path)) is not None:  # a sub-run such as scratch/
+            yield from _foreign(path, set(owner.entries), where + "/")
+
+
+def _foreign_in_container(folder: Path, prefix: str) -> Iterator[str]:
+    """Inside ``stages/``, ``folds/``, ``learning_curve/``: sub-runs, folders of sub-runs, stages' starting weights."""
+    for path in folder.iterdir():
+        where = prefix + path.name
+        if not path.is_dir() or path.is_symlink():
+            yield where
+        elif (owner := read_owner(path)) is not None:
+            yield from _foreign(path, set(owner.entries), where + "/")
+        elif not path.name.endswith("-initial-weights"):
+            yield from _foreign_in_container(path, where + "/")
 
 
 def _move_entries(source: Path, target: Path, names: list[str]) -> None:
@@ -244,10 +291,11 @@ def _remove_entries(folder: Path, names: list[str]) -> None:
 
 class RunFolder:
     def __init__(self, path: str | os.PathLike, overwrite: bool = False,
-                 protected: Mapping[str, Path] | None = None) -> None:
+                 protected: Mapping[str, Path] | None = None, sources: Mapping[str, Path] | None = None) -> None:
         self.path = Path(os.path.expanduser(os.fspath(path)))
         self.overwrite = overwrite
         self.protected = dict(protected or {})
+        self.sources = dict(sources or {})
         self._created = False
         self._existed = True
         self._locked = False
@@ -268,7 +316,11 @@ class RunFolder:
 
     def check(self, recipe_yaml: str) -> None:
         """Raise OutputError unless this run may write here; changes nothing (a pre-flight check)."""
-        check_location(self.path, self.protected)
+        check_location(self.path, self.protected, self.sources)
+        for parent in self.path.resolve().parents:
+            if read_owner(parent) is not None and not _HELD.get(parent):
+                raise OutputError(f"'output.dir' = '{self.path}' lies inside the hf-transfer run '{parent}'; a run's "
+                                  "folder is its own. Choose a folder outside it.")
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"'output.dir' = '{self.path}' is a file, not a folder.")
         if self._is_empty():
@@ -280,6 +332,10 @@ class RunFolder:
             raise OutputError(f"'output.dir' = '{self.path}' is not empty and was not made by hf-transfer (no "
                               f"{OWNER_FILE}){legacy}; nothing in it is touched. Choose an empty or new folder.")
         foreign = foreign_entries(self.path, owner)
+        if not foreign and not self.is_finished() and self.overwrite and not self._same_recipe(
+                self.path / RECIPE_FILE, recipe_yaml) and owner.replacing is None:
+            # clearing an unfinished run of another recipe removes only what an unfinished run writes
+            foreign = [name for name in self._top_entries(owner) if name not in UNFINISHED_ENTRIES]
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise OutputError(f"'output.dir' = '{self.path}' holds files hf-transfer did not write ({shown}); "
@@ -508,7 +564,17 @@ class RunFolder:
             self._drop_replaced()
             logger.info("The previous run in %s has been replaced", self.path)
         if not keep_checkpoints and self.checkpoints.is_dir():
-            shutil.rmtree(self.checkpoints)
+            self._remove_checkpoints()
+
+    def _remove_checkpoints(self) -> None:
+        """The Trainer's checkpoints only; a file someone put into ``checkpoints/`` meanwhile stays."""
+        for path in self.checkpoints.iterdir():
+            if CHECKPOINT_CONTENT.match(path.name) and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+        if any(self.checkpoints.iterdir()):
+            logger.warning("Kept %s: it holds files hf-transfer did not write.", self.checkpoints)
+        else:
+            self.checkpoints.rmdir()
 
     def _drop_replaced(self) -> None:
         for name in (PREVIOUS, NEXT):

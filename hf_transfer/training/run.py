@@ -154,8 +154,20 @@ def protected_paths(recipe: Recipe) -> dict[str, Path]:
     return found
 
 
+def model_paths(recipe: Recipe) -> dict[str, Path]:
+    """Local model folders the run reads (backbone, teacher): ``output.dir`` may be neither one nor inside one."""
+    found: dict[str, Path] = {}
+    for where, name in (("model.name_or_path", recipe.model.name_or_path),
+                        ("method.teacher", getattr(recipe.method.options, "teacher", None))):
+        path = Path(str(name)).expanduser() if name else None
+        if path is not None and path.is_dir():
+            found[where] = path
+    return found
+
+
 def run_folder(recipe: Recipe) -> RunFolder:
-    return RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite, protected=protected_paths(recipe))
+    return RunFolder(recipe.output.dir, overwrite=recipe.output.overwrite, protected=protected_paths(recipe),
+                     sources=model_paths(recipe))
 
 
 def preflight_run(recipe: Recipe) -> tuple[RunFolder, TrainingPlan]:

@@ -375,3 +375,58 @@ def test_write_atomic_leaves_no_temporary_files(tmp_path):
     with pytest.raises(OSError):
         write_atomic(tmp_path / "sub" / "folder", "cannot replace a folder")
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt", "folder"]
+
+
+# ----------------------------------------------------------------------------- files inside our own folders
+@pytest.mark.parametrize("where", ["checkpoints/my_notes.txt", ".next/my_notes.txt", ".previous/my_notes.txt",
+                                   "checkpoints/checkpoint-3/../extra/x.txt"])
+def test_a_file_put_inside_our_folders_blocks_overwrite_and_survives(tmp_path, where):
+    path = finished_run(tmp_path / "run")
+    target = (path / where).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("mine")
+    before = snapshot(path)
+    with pytest.raises(OutputError, match="did not write"):
+        claim(RunFolder(path, overwrite=True))
+    assert snapshot(path) == before
+
+
+def test_finish_keeps_a_file_added_to_checkpoints_while_training(tmp_path):
+    from test_checkpoints import fake_checkpoint
+
+    folder = RunFolder(tmp_path / "run")
+    with folder.claimed(RECIPE_YAML):
+        fake_checkpoint(folder.checkpoints, 2)
+        (folder.checkpoints / "notes.txt").write_text("mine")
+        folder.finish({"ok": True}, keep_checkpoints=False)
+    assert (folder.checkpoints / "notes.txt").read_text() == "mine"
+    assert not (folder.checkpoints / "checkpoint-2").exists()
+
+
+def test_a_run_inside_another_run_is_refused(tmp_path):
+    path = finished_run(tmp_path / "run")
+    with pytest.raises(OutputError, match="lies inside the hf-transfer run"):
+        claim(RunFolder(path / "checkpoints"))
+    assert not (path / "checkpoints").exists()
+
+
+def test_a_forged_marker_listing_user_files_does_not_let_overwrite_clear_them(tmp_path):
+    path = tmp_path / "run"
+    path.mkdir()
+    (path / "thesis.tex").write_text("precious")
+    (path / RECIPE_FILE).write_text(OTHER_YAML)
+    (path / OWNER_FILE).write_text(json.dumps({"created_by": "hf-transfer", "format": 1,
+                                               "entries": ["thesis.tex", RECIPE_FILE], "replacing": None}))
+    before = snapshot(path)
+    with pytest.raises(OutputError, match="thesis.tex"):
+        claim(RunFolder(path, overwrite=True))
+    assert snapshot(path) == before
+
+
+def test_output_inside_or_equal_to_the_model_folder_is_refused(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    for out in (model, model / "runs"):
+        with pytest.raises(OutputError, match="'model.name_or_path'"):
+            check_location(out, sources={"model.name_or_path": model})
+    check_location(tmp_path / "out", sources={"model.name_or_path": tmp_path / "out" / "stages" / "a-initial-weights"})
