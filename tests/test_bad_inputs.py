@@ -247,6 +247,18 @@ def test_corpus_is_large_and_unique():
     assert len({case.id for case in CASES}) == len(CASES)
 
 
+def one_error(capsys, code: int, *words: str) -> str:
+    """The single ``error:`` line, after checking the exit code, the key words and that no traceback shows."""
+    captured = capsys.readouterr()
+    assert code == EXIT_USER_ERROR, captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, captured.err
+    for word in words:
+        assert word in errors[0], f"{word!r} not in: {errors[0]}"
+    assert "Traceback" not in captured.err
+    return errors[0]
+
+
 def run_case(command: str, case: Case, models: Models, tmp_path: Path, capsys) -> str:
     """Run ``hf-transfer <command>`` on the case's recipe and assert the contract: exit 2, one ``error:`` line
     with the case's words, no traceback, nothing trained, the output folder as it was. Returns the line."""

@@ -20,22 +20,9 @@ import yaml
 from hf_transfer.cli import EXIT_USER_ERROR, run_cli
 from hf_transfer.errors import OutputError
 from hf_transfer.hub import check_push_target
-from test_bad_inputs import REPO, Case, Models, snapshot, text_recipe
-from test_bad_inputs import test_bad_input_is_one_clear_error as assert_one_clear_error
+from test_bad_inputs import REPO, Case, Models, one_error, run_case, snapshot, text_recipe
 
 BAD_REPO_IDS = ["my model", "a/b/c", "-x/y", "me/" + "m" * 100, "me/model--v2", "me/model.git"]
-
-
-def one_error(capsys, code: int, *words: str) -> str:
-    """The single ``error:`` line, after checking the exit code, the key words and that no traceback shows."""
-    captured = capsys.readouterr()
-    assert code == EXIT_USER_ERROR, captured.err
-    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, captured.err
-    for word in words:
-        assert word in errors[0], f"{word!r} not in: {errors[0]}"
-    assert "Traceback" not in captured.err
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -280,5 +267,5 @@ RECIPE_CASES = [
 
 @pytest.mark.parametrize("case", RECIPE_CASES, ids=["push_without_hub_model_id", "push_to_invalid_hub_model_id"])
 def test_bad_push_recipe_is_one_clear_error(case: Case, models, tmp_path, capsys, hub):
-    assert_one_clear_error(case, models, tmp_path, capsys)
+    run_case("finetune", case, models, tmp_path, capsys)
     assert hub.calls == []

@@ -20,23 +20,12 @@ from hf_transfer.cli import EXIT_USER_ERROR, run_cli
 from hf_transfer.data.prepare import encode_labels
 from hf_transfer.errors import DataError
 from hf_transfer.training.outputs import OWNER_FILE, read_owner
-from test_bad_inputs import Case, Models, run_case, snapshot, text_recipe, write_csv
+from test_bad_inputs import Case, Models, one_error, run_case, snapshot, text_recipe, write_csv
 
 
 @pytest.fixture(scope="module")
 def models(tiny_bert_dir, tiny_timm_dir) -> Models:
     return Models(bert=tiny_bert_dir, timm=tiny_timm_dir)
-
-
-def one_error(capsys, code: int, *words: str) -> str:
-    captured = capsys.readouterr()
-    assert code == EXIT_USER_ERROR, captured.err
-    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, captured.err
-    for word in words:
-        assert word in errors[0], f"{word!r} not in: {errors[0]}"
-    assert "Traceback" not in captured.err
-    return errors[0]
 
 
 # --- 1. a label column that is not one class per row
