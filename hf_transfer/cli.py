@@ -19,6 +19,9 @@ from .registry import load_plugins
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
+# Each command imports what it runs inside its function: `hf-transfer --help`, `check` of a bad recipe and the
+# error paths stay free of torch, transformers and datasets, which take seconds to import.
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse's mistakes (a missing value, an unknown flag) as one ``error:`` line and exit code 2, like every
