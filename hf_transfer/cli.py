@@ -137,36 +137,19 @@ def cmd_rank(args) -> int:
 def _check_rank_folder(output: Path) -> None:
     """The run folders' rule for ``rank --output``: a new or empty folder, or one hf-transfer made (its marker
     lists what it wrote) holding nothing else; a user's own files are never written over."""
-    from .atomic import check_output_path, short_path
-    from .errors import OutputError
-    from .training.outputs import OWNER_FILE, foreign_entries, read_owner
+    from .atomic import check_output_path
+    from .training.outputs import check_ours
 
     check_output_path(output, "--output", folder=True)
-    if not output.is_dir() or not any(output.iterdir()):
-        return
-    owner = read_owner(output)
-    if owner is None:
-        raise OutputError(f"--output '{short_path(output)}' is not empty and was not made by hf-transfer (no "
-                          f"{OWNER_FILE}); nothing in it is touched. Choose a new or empty --output folder.")
-    foreign = foreign_entries(output, owner)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise OutputError(f"--output '{short_path(output)}' holds files hf-transfer did not write ({shown}); move "
-                          "them out or choose another --output folder. Nothing was changed.")
+    check_ours(output, "--output")
 
 
 def _claim_rank_folder(output: Path) -> None:
     """List the ranking files in the folder's marker before writing them (a new marker for a new or empty folder)."""
-    from .atomic import write_atomic
-    from .training.outputs import OWNER_FILE, Owner, read_owner, record
+    from .training.outputs import record
     from .transferability.report import JSON_FILE, MARKDOWN_FILE, PLOT_FILE
 
-    names = (JSON_FILE, MARKDOWN_FILE, PLOT_FILE)
-    if read_owner(output) is not None:
-        record(output, *names)
-        return
-    output.mkdir(parents=True, exist_ok=True)
-    write_atomic(output / OWNER_FILE, Owner(entries=list(names)).to_json())
+    record(output, JSON_FILE, MARKDOWN_FILE, PLOT_FILE, claim=True)
 
 
 def _print_summary(metrics: dict, output_dir) -> None:

@@ -23,7 +23,7 @@ import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ..atomic import write_atomic
 from ..errors import OutputError
@@ -207,14 +207,37 @@ def _write_owner(folder: Path, owner: Owner) -> None:
     write_atomic(folder / OWNER_FILE, owner.to_json())
 
 
-def record(folder: Path, *names: str) -> None:
-    """Add top-level entries this run wrote (or is about to write) to ``folder``'s marker."""
+def record(folder: Path, *names: str, claim: bool = False) -> None:
+    """Add top-level entries this run wrote (or is about to write) to ``folder``'s marker; ``claim`` starts the
+    marker of a new or empty folder (checked with ``check_ours`` first)."""
     owner = read_owner(folder)
-    if owner is None:
+    if owner is None and claim:
+        folder.mkdir(parents=True, exist_ok=True)
+        owner = Owner(entries=[])
+    elif owner is None:
         raise OutputError(f"'{folder}' has no {OWNER_FILE}; hf-transfer writes only into folders it claimed.")
     if set(names) - set(owner.entries):
         owner.entries = [*owner.entries, *names]
         _write_owner(folder, owner)
+
+
+def check_ours(folder: Path, field: str, extra: Callable[[Owner], list[str]] | None = None) -> Owner | None:
+    """``None`` for a new or empty folder, else the marker of a folder hf-transfer made that holds nothing else
+    (``extra`` may name more entries to refuse); anything else is one OutputError naming ``field``."""
+    if not (folder.is_dir() and any(folder.iterdir())):
+        return None
+    owner = read_owner(folder)
+    if owner is None:
+        legacy = " (a run of an hf-transfer older than this marker counts too: move or delete it yourself)" \
+            if (folder / RECIPE_FILE).is_file() and (folder / METRICS_FILE).is_file() else ""
+        raise OutputError(f"{field} = '{folder}' is not empty and was not made by hf-transfer (no {OWNER_FILE})"
+                          f"{legacy}; nothing in it is touched. Choose an empty or new folder.")
+    foreign = foreign_entries(folder, owner) or (extra(owner) if extra else [])
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(f"{field} = '{folder}' holds files hf-transfer did not write ({shown}); move them out or "
+                          f"choose another {field.strip(chr(39))}. Nothing was changed.")
+    return owner
 
 
 def _is_temporary_of(name: str, entries: set[str]) -> bool:
@@ -323,23 +346,9 @@ class RunFolder:
                                   "folder is its own. Choose a folder outside it.")
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"'output.dir' = '{self.path}' is a file, not a folder.")
-        if self._is_empty():
-            return
-        owner = self.owner()
+        owner = check_ours(self.path, "'output.dir'", lambda owner: self._not_cleared(owner, recipe_yaml))
         if owner is None:
-            legacy = " (a run of an hf-transfer older than this marker counts too: move or delete it yourself)" \
-                if (self.path / RECIPE_FILE).is_file() and (self.path / METRICS_FILE).is_file() else ""
-            raise OutputError(f"'output.dir' = '{self.path}' is not empty and was not made by hf-transfer (no "
-                              f"{OWNER_FILE}){legacy}; nothing in it is touched. Choose an empty or new folder.")
-        foreign = foreign_entries(self.path, owner)
-        if not foreign and not self.is_finished() and self.overwrite and not self._same_recipe(
-                self.path / RECIPE_FILE, recipe_yaml) and owner.replacing is None:
-            # clearing an unfinished run of another recipe removes only what an unfinished run writes
-            foreign = [name for name in self._top_entries(owner) if name not in UNFINISHED_ENTRIES]
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise OutputError(f"'output.dir' = '{self.path}' holds files hf-transfer did not write ({shown}); "
-                              "move them out or choose another output.dir. Nothing was changed.")
+            return
         holder = lock_holder(self.path)
         if holder is not None and not (holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()):
             raise OutputError(f"'{self.path}' is in use by another hf-transfer run (pid {holder['pid']} on "
@@ -416,6 +425,14 @@ class RunFolder:
             self.check(recipe_yaml)  # the repaired folder is judged like any other (e.g. finished, no overwrite)
         self._make_room(recipe_yaml)
         write_atomic(self.path / RECIPE_FILE, recipe_yaml)
+
+    def _not_cleared(self, owner: Owner, recipe_yaml: str) -> list[str]:
+        """Clearing an unfinished run of another recipe (overwrite) removes only what an unfinished run writes;
+        anything else on its list stops it."""
+        if self.is_finished() or not self.overwrite or owner.replacing is not None or \
+                self._same_recipe(self.path / RECIPE_FILE, recipe_yaml):
+            return []
+        return [name for name in self._top_entries(owner) if name not in UNFINISHED_ENTRIES]
 
     def _top_entries(self, owner: Owner) -> list[str]:
         return [p.name for p in self.path.iterdir() if p.name not in RESERVED and p.name in owner.entries]
