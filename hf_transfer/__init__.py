@@ -1,4 +1,4 @@
-"""hf-transfer: transfer learning for image and text classification on the Hugging Face stack.
+"""hf-transfer: transfer learning for image, text and image + text classification on the Hugging Face stack.
 
     from hf_transfer import Recipe, finetune
     result = finetune(Recipe.from_yaml("recipes/quickstart.yaml", ["training.num_train_epochs=1"]))
@@ -9,9 +9,12 @@ from .recipe import Recipe
 
 __version__ = "0.1.0"
 
+# The fused image-text model's config and model classes join transformers' AutoConfig/AutoModel here, so a
+# saved folder loads with AutoModel.from_pretrained after ``import hf_transfer``, without trust_remote_code.
+from .tasks import fusion as _fusion  # noqa: E402,F401  (registration; imports torch and transformers)
 
-# The functions below import their modules when called: ``import hf_transfer`` (and ``hf-transfer --help``)
-# stays free of torch and transformers.
+
+# The functions below import their modules when called.
 
 
 def finetune(recipe: Recipe, write_card: bool = True):
@@ -28,6 +31,13 @@ def evaluate(model_dir, data: str, split: str = "test", overrides: list[str] | N
     return evaluate_model(model_dir, data, split=split, overrides=overrides)
 
 
+def predict(model_dir, images=None, texts=None, text_pairs=None, top_k: int | None = None) -> list:
+    """Labels and scores for raw inputs; see ``hf_transfer.prediction.predict``."""
+    from .prediction import predict as _predict
+
+    return _predict(model_dir, images=images, texts=texts, text_pairs=text_pairs, top_k=top_k)
+
+
 def push(model_dir, repo_id: str, private: bool = False) -> str:
     """Upload a finished run folder to the Hub (token from HF_TOKEN or ``hf auth login``)."""
     from .hub import push_folder
@@ -35,5 +45,5 @@ def push(model_dir, repo_id: str, private: bool = False) -> str:
     return push_folder(model_dir, repo_id, private=private)
 
 
-__all__ = ["Recipe", "finetune", "evaluate", "push", "HfTransferError", "RecipeError", "DataError", "ModelError",
+__all__ = ["Recipe", "finetune", "evaluate", "predict", "push", "HfTransferError", "RecipeError", "DataError", "ModelError",
            "OutputError", "TrainingError", "TrainingInterrupted", "__version__"]

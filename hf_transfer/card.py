@@ -31,8 +31,9 @@ class CardInputs:
 
     model_name: str
     task: str
-    base_model: str | None
-    """What the recipe started from (Hub id, local folder, ``pypi:`` name); None when trained from scratch."""
+    base_model: str | list[str] | None
+    """What the recipe started from (Hub id, local folder, ``pypi:`` name), a list for a model with several towers;
+    None when trained from scratch."""
     datasets: list[str]
     label_names: list[str]
     strategy: str
@@ -50,6 +51,12 @@ class CardInputs:
 
     def task_facts(self) -> CardFacts:
         return self.facts or CardFacts(pipeline_tag=self.task, tags=(self.task,))
+
+    @property
+    def base_models(self) -> list[str]:
+        if not self.base_model:
+            return []
+        return [self.base_model] if isinstance(self.base_model, str) else list(self.base_model)
 
 
 def hub_id(name: str | None) -> str | None:
@@ -75,7 +82,8 @@ def _points(value: float) -> str:
 def _metadata(inputs: CardInputs, split: str, report: dict[str, Any]):
     from huggingface_hub import EvalResult, ModelCardData
 
-    base = hub_id(inputs.base_model)
+    bases = [b for b in (hub_id(b) for b in inputs.base_models) if b]
+    base = (bases[0] if len(bases) == 1 else bases) or None
     datasets = [d for d in (hub_id(d) for d in inputs.datasets) if d]
     dataset_type = datasets[0] if datasets else Path(inputs.datasets[0]).name
     eval_results = [
@@ -86,7 +94,7 @@ def _metadata(inputs: CardInputs, split: str, report: dict[str, Any]):
     facts = inputs.task_facts()
     tags = ["hf-transfer", "transfer-learning", inputs.strategy.replace("_", "-"), *facts.tags, *inputs.tags]
     return ModelCardData(
-        license=inputs.license, library_name=facts.library_name, pipeline_tag=facts.pipeline_tag, base_model=base, datasets=datasets or None, metrics=list(HEADLINE_NAMES),
+        license=inputs.license, library_name=facts.library_name, pipeline_tag=facts.pipeline_tag or None, base_model=base, datasets=datasets or None, metrics=list(HEADLINE_NAMES),
         tags=list(dict.fromkeys(tags)), model_name=inputs.model_name, eval_results=eval_results)
 
 
@@ -147,10 +155,14 @@ def render_model_card(inputs: CardInputs):
     report = metrics[split]
     summary = inputs.data_summary
     train = metrics.get("train", {})
-    base_text = f"`{inputs.base_model}`" if inputs.base_model else "none (trained from random initialisation)"
-    base_hub = hub_id(inputs.base_model)
-    if base_hub and base_hub != inputs.base_model:
-        base_text += f" (the weights of [{base_hub}](https://huggingface.co/{base_hub}))"
+    described = []
+    for base in inputs.base_models:
+        text = f"`{base}`"
+        base_hub = hub_id(base)
+        if base_hub and base_hub != base:
+            text += f" (the weights of [{base_hub}](https://huggingface.co/{base_hub}))"
+        described.append(text)
+    base_text = " and ".join(described) or "none (trained from random initialisation)"
     facts = inputs.task_facts()
     splits = summary.get("splits", {})
     split_text = ", ".join(f"{name} {summary[name]} examples" + (f" ({splits[name]})" if name in splits else "")

@@ -10,7 +10,6 @@ from .data.prepare import prepare_data
 from .errors import ModelError
 from .hub import check_push_target
 from .methods.preflight import method_preflight
-from .models.sources import resolve_model_source
 from .recipe import AUTO, Recipe
 from .tasks.base import TaskAdapter, get_task
 from .training.preflight import preflight_training
@@ -21,17 +20,23 @@ SAMPLE_ROWS = 16
 
 
 def _model_summary(recipe: Recipe) -> dict[str, Any]:
+    task = get_task(recipe.task)
+    task.check_recipe(recipe)
     if recipe.model.name_or_path == AUTO:
         check_candidates(parse_candidates(recipe.model.candidates), recipe.task)
         return {"source": "auto", "candidates": list(recipe.model.candidates), "rank_by": recipe.model.rank_by}
-    source = resolve_model_source(recipe.model.name_or_path, recipe.task)
+    summaries = {field: _source_summary(recipe, field, source) for field, source in task.resolve_sources(recipe).items()}
+    return next(iter(summaries.values())) if len(summaries) == 1 else summaries
+
+
+def _source_summary(recipe: Recipe, field: str, source) -> dict[str, Any]:
     if source.kind == "timm":
         return {"source": "timm architecture", "architecture": source.location}
     try:
         config = AutoConfig.from_pretrained(source.location, revision=recipe.model.revision,
                                             trust_remote_code=recipe.model.trust_remote_code)
     except (OSError, ValueError) as error:
-        raise ModelError(f"Could not load the config of '{recipe.model.name_or_path}': {error}") from None
+        raise ModelError(f"Could not load the config of {field} '{source.location}': {error}") from None
     return {"source": source.kind, "location": source.location, "model_type": config.model_type,
             "architecture": getattr(config, "architecture", None) or (config.architectures or ["?"])[0]}
 
@@ -65,5 +70,6 @@ def check_recipe(recipe: Recipe) -> dict[str, Any]:
         "columns": data.columns, "labels": data.label_names, "splits": data.sizes(), "split_sources": data.sources,
         "method": method_preflight(recipe, data.label_names),
         "rows_checked": _check_sample(task, data), "output_dir": recipe.output.dir, "notes": data.notes,
+        **({"missing_inputs": data.missing} if data.missing else {}),
         "training": plan.summary(data.sizes()),
     }

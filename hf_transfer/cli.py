@@ -80,6 +80,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .prediction import predict
+
+    results = predict(args.model_dir, images=args.image or None, texts=args.text or None,
+                      text_pairs=args.text_pair or None, top_k=args.top_k)
+    for result in results:
+        print(json.dumps(result))
+    return 0
+
+
 def cmd_push(args) -> int:
     from .hub import push_folder
 
@@ -208,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rank_arguments(rank)
     rank.set_defaults(run=cmd_rank)
+    predict = commands.add_parser("predict", help="labels and scores of a finished model folder for new inputs")
+    predict.add_argument("model_dir", help="a model folder written by hf-transfer")
+    predict.add_argument("--image", action="append", default=[], metavar="PATH",
+                         help="an image file; repeat for several (image and image-text models)")
+    predict.add_argument("--text", action="append", default=[], metavar="TEXT",
+                         help="a text; repeat for several, in the order of the images (text and image-text models)")
+    predict.add_argument("--text-pair", action="append", default=[], metavar="TEXT",
+                         help="the second text of a pair, one per --text")
+    predict.add_argument("--top-k", type=int, default=None, help="labels per example, best first (default: all)")
+    predict.set_defaults(run=cmd_predict)
     push = commands.add_parser("push", help="upload a finished model folder to the Hub")
     push.add_argument("model_dir")
     push.add_argument("repo_id", help="Hub repo id, e.g. user/model-name")

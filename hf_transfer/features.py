@@ -113,7 +113,27 @@ class FirstTokenHead(HeadAdapter):
         return [pooler, model.classifier] if pooler is not None else [model.classifier]
 
 
-HEAD_ADAPTERS: tuple[type[HeadAdapter], ...] = (TimmPooledHead, FirstTokenHead)
+class OwnSplitHead(HeadAdapter):
+    """Models that name their own split (a fused model): ``tower_features`` is frozen, ``logits_from_features``
+    and ``head_modules`` are the head."""
+
+    name = "own-split"
+
+    @staticmethod
+    def applies_to(model: nn.Module) -> bool:
+        return all(callable(getattr(model, m, None)) for m in ("tower_features", "logits_from_features", "head_modules"))
+
+    def features(self, model, batch):
+        return model.tower_features(**{key: value for key, value in batch.items() if key != "labels"})
+
+    def logits(self, model, features):
+        return model.logits_from_features(features)
+
+    def head_modules(self, model):
+        return list(model.head_modules())
+
+
+HEAD_ADAPTERS: tuple[type[HeadAdapter], ...] = (OwnSplitHead, TimmPooledHead, FirstTokenHead)
 
 
 def head_adapter_for(model: nn.Module) -> HeadAdapter | None:

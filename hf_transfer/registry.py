@@ -108,9 +108,12 @@ class Registry(Mapping[str, T], Generic[T]):
         return f"Registry({self.kind!r}, {list(self._entries)!r})"
 
 
-TASKS: Registry[type] = Registry("task", ("hf_transfer.tasks.image", "hf_transfer.tasks.text"))
+TASKS: Registry[type] = Registry("task", ("hf_transfer.tasks.image", "hf_transfer.tasks.text",
+                                          "hf_transfer.tasks.image_text"))
 """Task adapters (one per modality), e.g. ``image-classification``."""
 STRATEGIES: Registry[type] = Registry("strategy", ("hf_transfer.strategies",))
+"""How fused models combine their towers' features (``model.fusion.kind``)."""
+FUSIONS: Registry[type] = Registry("fusion", ("hf_transfer.tasks.fusion",))
 """``Strategy`` subclasses: how the pretrained weights train."""
 METHODS: Registry[type] = Registry("method", ("hf_transfer.methods",))
 """``Method`` subclasses: what else a run learns from."""

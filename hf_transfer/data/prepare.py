@@ -44,6 +44,8 @@ class PreparedData:
     """Rows dropped by ``data.on_bad_example: skip`` (indices into the raw splits)."""
     notes: list[str] = field(default_factory=list)
     """Things the recipe asked for that the data could not give exactly (e.g. a validation fraction)."""
+    missing: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Rows per split without an input (``data.missing_modality``), by role; empty when nothing is missing."""
 
     def sizes(self) -> dict[str, int]:
         sizes = {"train": len(self.train), "validation": len(self.validation)}
@@ -203,6 +205,10 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
     keep = list(dict.fromkeys(columns.values()))
     sources: dict[str, str] = {}
     skipped: list[BadRow] = []
+    missing_counts: dict[str, dict[str, int]] = {}
+    # Only a task that reads several inputs can do without one of them (data.missing_modality).
+    several = len([role for role in input_roles if role in columns and role != "text_pair"]) > 1
+    missing = {"error": "error", "skip": "skip", "learn": "keep"}[section.missing_modality] if several else "bad"
 
     def checked(split: Dataset, split_name: str) -> Dataset:
         missing = [c for c in keep if c not in split.column_names]
@@ -211,8 +217,11 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
                             f"Columns: {', '.join(split.column_names)}.")
         if len(split) == 0:
             raise DataError(f"The {split_name} split is empty.")
-        split, bad = check_rows(split.select_columns(keep), split_name, columns, section.on_bad_example)
+        split, bad, counts = check_rows(split.select_columns(keep), split_name, columns, section.on_bad_example,
+                                        missing=missing)
         skipped.extend(bad)
+        if several and any(counts.values()):
+            missing_counts[split_name] = counts
         return split
 
     train = checked(train, "train")
@@ -261,4 +270,4 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
     if missing:
         logger.warning("After subsampling, train has no example of: %s", ", ".join(names[i] for i in missing))
     return PreparedData(train=train, validation=validation, test=test, label_names=names,
-                        columns=columns, sources=sources, skipped=skipped, notes=notes)
+                        columns=columns, sources=sources, skipped=skipped, notes=notes, missing=missing_counts)

@@ -66,27 +66,43 @@ def _missing_labels(labels: pa.Array, feature: Any) -> pa.Array:
 
 
 def _row_problems(table: pa.Table, indices: list[int], text_columns: list[str], label_column: str,
-                  label_feature: Any) -> dict[str, list]:
-    """Batched ``map`` function (Arrow format): returns only the bad rows, as (index, reason)."""
-    reasons: dict[int, str] = {}
+                  label_feature: Any, image_column: str | None = None) -> dict[str, list]:
+    """Batched ``map`` function (Arrow format): returns only the bad rows, as (index, reason, missing input)."""
+    reasons: dict[int, tuple[str, bool]] = {}
+    missing = _missing_labels(table.column(label_column).combine_chunks(), label_feature)
+    for position in pc.indices_nonzero(missing).to_pylist():
+        reasons[position] = (f"label in column '{label_column}' is missing", False)
+    if image_column is not None:  # a missing image needs no decoding to be found
+        images = table.column(image_column).combine_chunks()
+        absent = pc.is_null(images)
+        if pa.types.is_struct(images.type):
+            fields = {images.type.field(i).name for i in range(images.type.num_fields)}
+            if {"bytes", "path"} <= fields:
+                absent = pc.or_kleene(absent, pc.and_kleene(pc.is_null(pc.struct_field(images, "bytes")),
+                                                            pc.is_null(pc.struct_field(images, "path"))))
+        for position in pc.indices_nonzero(absent.fill_null(True)).to_pylist():
+            reasons.setdefault(position, ("no image", True))
     for column in text_columns:
         values = table.column(column).combine_chunks()
         empty = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0))
         for position in pc.indices_nonzero(empty.fill_null(True)).to_pylist():
-            reasons.setdefault(position, f"column '{column}' is empty or whitespace")
-    missing = _missing_labels(table.column(label_column).combine_chunks(), label_feature)
-    for position in pc.indices_nonzero(missing).to_pylist():
-        reasons.setdefault(position, f"label in column '{label_column}' is missing")
+            reasons.setdefault(position, (f"column '{column}' is empty or whitespace", True))
     ordered = sorted(reasons)
-    return {"index": [indices[p] for p in ordered], "reason": [reasons[p] for p in ordered]}
+    return {"index": [indices[p] for p in ordered], "reason": [reasons[p][0] for p in ordered],
+            "missing": [reasons[p][1] for p in ordered]}
 
 
 def _image_problems(batch: dict[str, list], indices: list[int], column: str) -> dict[str, list]:
-    found = [(i, image_problem(v)) for i, v in zip(indices, batch[column])]
-    return {"index": [i for i, r in found if r], "reason": [r for _, r in found if r]}
+    found = [(i, v, image_problem(v)) for i, v in zip(indices, batch[column])]
+    return {"index": [i for i, _, r in found if r], "reason": [r for _, _, r in found if r],
+            "missing": [_no_image(v) for _, v, r in found if r]}
 
 
-def _scan(split: Dataset, function, fn_kwargs: dict, arrow: bool) -> list[tuple[int, str]]:
+def _no_image(value: dict[str, Any] | None) -> bool:
+    return value is None or (value.get("bytes") is None and value.get("path") is None)
+
+
+def _scan(split: Dataset, function, fn_kwargs: dict, arrow: bool) -> list[tuple[int, str, bool]]:
     source = split.with_format("arrow") if arrow else split
     found = source.map(function, batched=True, batch_size=10_000 if arrow else 256, with_indices=True,
                        fn_kwargs=fn_kwargs,
@@ -95,7 +111,7 @@ def _scan(split: Dataset, function, fn_kwargs: dict, arrow: bool) -> list[tuple[
     if not len(found):
         return []
     found = found.with_format(None)
-    return list(zip(found["index"], found["reason"]))
+    return list(zip(found["index"], found["reason"], found["missing"]))
 
 
 def as_images(split: Dataset, column: str) -> Dataset:
@@ -145,11 +161,17 @@ def _integer_labels(split: Dataset, split_name: str, column: str) -> Dataset:
     return split.cast_column(column, Value("int64"))
 
 
+MISSING_POLICIES = ("bad", "error", "skip", "keep")
+
+
 def check_rows(split: Dataset, split_name: str, columns: dict[str, str], on_bad_example: str,
-               image_sample: int | None = None) -> tuple[Dataset, list[BadRow]]:
-    """Return ``split`` without its bad rows (``skip``) or raise a DataError naming them (``error``).
+               image_sample: int | None = None, missing: str = "bad") -> tuple[Dataset, list[BadRow], dict[str, int]]:
+    """Return ``split`` without its bad rows (``skip``) or raise a DataError naming them (``error``), and the
+    number of rows missing each input.
 
     ``columns`` maps roles (image, text, text_pair, label) to column names; ``split`` holds only them.
+    ``missing``: what a missing input (no image, empty text) is: ``bad`` (a bad row, as ``on_bad_example``
+    says), ``error``, ``skip`` (dropped whatever ``on_bad_example`` says) or ``keep`` (the model handles it).
     """
     if "image" in columns:
         split = as_images(split, columns["image"])
@@ -157,8 +179,9 @@ def check_rows(split: Dataset, split_name: str, columns: dict[str, str], on_bad_
     label = columns["label"]
     text_columns = [c for role, c in columns.items() if role in ("text", "text_pair")]
     found = _scan(split, _row_problems, {"text_columns": text_columns, "label_column": label,
-                                             "label_feature": split.features[label]}, arrow=True)
-    if len(found) == len(split) and all(r.startswith("label") for _, r in found):
+                                         "label_feature": split.features[label], "image_column": columns.get("image")},
+                  arrow=True)
+    if len(found) == len(split) and all(r.startswith("label") for _, r, _ in found):
         raise DataError(f"The {split_name} split has only unlabelled rows (label missing or -1, as in hidden-label "
                         "test sets); it cannot be trained or evaluated on. Use another split "
                         "(data.test_split / data.validation_split).")
@@ -168,13 +191,23 @@ def check_rows(split: Dataset, split_name: str, columns: dict[str, str], on_bad_
         sample = SAMPLE_IMAGES if image_sample is None else image_sample
         limit = len(split) if on_bad_example == "skip" else min(sample, len(split))
         checked = undecoded.select(range(limit)) if limit < len(split) else undecoded
-        seen = {i for i, _ in found}
-        found += [(i, r) for i, r in _scan(checked, _image_problems, {"column": image}, arrow=False)
+        seen = {i for i, _, _ in found}
+        found += [(i, r, m) for i, r, m in _scan(checked, _image_problems, {"column": image}, arrow=False)
                   if i not in seen]
-    bad = [BadRow(split_name, int(i), str(r)) for i, r in sorted(found)]
-    if bad and on_bad_example == "error":
-        shown = "; ".join(b.describe() for b in bad[:SHOWN]) + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
-        raise DataError(f"The {split_name} split has {len(bad)} bad row(s): {shown}. Fix or remove them, "
+    counts = _missing_counts(split, columns, found)
+    if missing == "keep":
+        found = [entry for entry in found if not entry[2]]
+    elif missing in ("error", "skip"):
+        absent = [BadRow(split_name, int(i), str(r)) for i, r, m in sorted(found) if m]
+        if absent and missing == "error":
+            raise DataError(f"The {split_name} split has {len(absent)} row(s) without one of the inputs: "
+                            f"{_shown(absent)}. Set data.missing_modality=skip to drop them, or learn to train with "
+                            "a learned stand-in for the missing input.")
+    bad = [BadRow(split_name, int(i), str(r)) for i, r, m in sorted(found)]
+    forced = {b.index for b, (_, _, m) in zip(bad, sorted(found)) if m and missing == "skip"}
+    if on_bad_example == "error" and any(b.index not in forced for b in bad):
+        real = [b for b in bad if b.index not in forced]
+        raise DataError(f"The {split_name} split has {len(real)} bad row(s): {_shown(real)}. Fix or remove them, "
                         "or set data.on_bad_example=skip to drop them (they are then listed in metrics.json).")
     if bad:
         dropped = {b.index for b in bad}
@@ -182,7 +215,22 @@ def check_rows(split: Dataset, split_name: str, columns: dict[str, str], on_bad_
         if len(split) == 0:
             raise DataError(f"Every row of the {split_name} split is bad (e.g. {bad[0].describe()}); nothing is left "
                             "to train or evaluate on.")
-    return _integer_labels(split, split_name, label), bad
+    return _integer_labels(split, split_name, label), bad, counts
+
+
+def _shown(rows: list[BadRow]) -> str:
+    return "; ".join(b.describe() for b in rows[:SHOWN]) + (f"; and {len(rows) - SHOWN} more" if len(rows) > SHOWN else "")
+
+
+def _missing_counts(split: Dataset, columns: dict[str, str], found: list[tuple[int, str, bool]]) -> dict[str, int]:
+    """Rows missing each input role, from the problems found (a row's first problem names its column)."""
+    counts: dict[str, int] = {}
+    for role, column in columns.items():
+        if role == "label":
+            continue
+        marker = "no image" if role == "image" else f"column '{column}' is empty"
+        counts[role] = sum(1 for _, reason, is_missing in found if is_missing and reason.startswith(marker))
+    return counts
 
 
 def skipped_report(bad: list[BadRow]) -> dict[str, Any]:

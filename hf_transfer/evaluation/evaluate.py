@@ -52,6 +52,7 @@ def evaluate_model(model_dir: str | Path, data_path: str, split: str = "test",
     if not (model_dir / RECIPE_FILE).is_file():
         raise ModelError(f"'{model_dir}' has no {RECIPE_FILE}; evaluate needs a folder written by hf-transfer.")
     recipe = Recipe.from_yaml(model_dir / RECIPE_FILE, [f"data.path={data_path}", f"model.name_or_path={model_dir}",
+                                                        "model.image=null", "model.text=null",  # the folder has them
                                                         "model.pretrained=true", *(overrides or [])])
     resolve_model_source(str(model_dir), recipe.task, field="model_dir")  # weights and JSON files, before the data
     raw = load_raw(recipe.data)

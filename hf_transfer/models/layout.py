@@ -8,7 +8,7 @@ backbone's layers from the input up. timm models describe both (``pretrained_cfg
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -19,6 +19,12 @@ class ParameterLayout:
 
     layers: tuple[tuple[str, ...], ...]
     head: tuple[str, ...]
+    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Named parts for per-part learning rates (``strategy.learning_rates``); by default ``backbone`` and ``head``."""
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            object.__setattr__(self, "parts", {"backbone": self.backbone(), "head": self.head})
 
     @property
     def num_layers(self) -> int:
@@ -29,6 +35,9 @@ class ParameterLayout:
 
 
 def discover_layout(model: nn.Module) -> ParameterLayout:
+    """A model that knows its own layout (several towers) says so; timm and transformers models are inspected."""
+    if callable(getattr(model, "parameter_layout", None)):
+        return model.parameter_layout()
     timm_model = getattr(model, "timm_model", None)
     if timm_model is not None:
         return _timm_layout(timm_model, prefix="timm_model.")
@@ -61,16 +70,19 @@ def _timm_layout(timm_model: nn.Module, prefix: str) -> ParameterLayout:
 def _transformers_layout(model: nn.Module) -> ParameterLayout:
     base_prefix = getattr(model, "base_model_prefix", "")
     base = getattr(model, base_prefix, None) if base_prefix else None
+    if base is None and getattr(model, "base_model", None) is model:  # a bare encoder (a fused model's tower)
+        base, base_prefix = model, ""
     if base is None:
         raise ValueError(f"{type(model).__name__} has no base model under '{base_prefix}'; cannot tell backbone from head.")
+    dot = f"{base_prefix}." if base_prefix else ""
     blocks = max((m for m in base.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
-    block_prefix = next(f"{base_prefix}.{n}." for n, m in base.named_modules() if m is blocks) if blocks else None
+    block_prefix = next(f"{dot}{n}." for n, m in base.named_modules() if m is blocks) if blocks else None
     # BERT's pooler (dense + tanh over [CLS]) is the hidden layer of its classification head, as
     # ``classifier.dense`` is for RoBERTa; it belongs to the head so that every encoder probes alike.
-    head_prefixes = (base_prefix + ".pooler.",)
+    head_prefixes = (dot + "pooler.",)
     before, per_block, after, head = [], [[] for _ in range(len(blocks or []))], [], []
     for name, _ in model.named_parameters():
-        if not name.startswith(base_prefix + ".") or name.startswith(head_prefixes):
+        if not name.startswith(dot) or name.startswith(head_prefixes):
             head.append(name)
         elif block_prefix and name.startswith(block_prefix):
             per_block[int(name[len(block_prefix):].split(".", 1)[0])].append(name)

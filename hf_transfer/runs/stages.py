@@ -15,7 +15,6 @@ from typing import Any
 from ..config_utils import to_dict
 from ..data.prepare import PreparedData, prepare_data
 from ..methods.preflight import method_preflight
-from ..models.sources import resolve_model_source
 from ..recipe import Recipe
 from ..recipe_stages import WEIGHT_CARRIES, Stage
 from ..tasks.base import get_task
@@ -97,7 +96,8 @@ def _preflight_stages(recipe: Recipe, runs: list[Recipe]) -> dict[int, PreparedD
             continue
         preflight_training(run)
         if stage.transfer is None or stage.transfer.carry not in WEIGHT_CARRIES:
-            resolve_model_source(run.model.name_or_path, run.task)
+            get_task(run.task).check_recipe(run)
+            get_task(run.task).resolve_sources(run)
         prepared[i] = prepare_data(run.data, get_task(run.task).input_roles, run.seed)
         method_preflight(run, prepared[i].label_names)
     return prepared

@@ -16,7 +16,8 @@ from datasets import Dataset, Features
 from transformers import PreTrainedModel
 
 from ..data.prepare import PreparedData
-from ..models.sources import ModelSource
+from ..errors import DataError, RecipeError
+from ..models.sources import MODEL_FIELD, ModelSource, resolve_model_source
 from ..recipe import Recipe
 from ..registry import TASKS
 
@@ -78,6 +79,42 @@ class TaskAdapter:
     uses_channels_last: ClassVar[bool] = False
     """``model.channels_last`` changes how this task's models run (convolutions on image tensors)."""
 
+    # ------------------------------------------------------------------------------ recipe and sources
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        """Reject recipe fields this task cannot use, before anything is loaded. A one-model task reads
+        ``model.name_or_path`` only; the fields for several towers belong to ``image-text-classification``."""
+        model = recipe.model
+        towers = [name for name in ("image", "text") if getattr(model, name) is not None]
+        if towers:
+            raise RecipeError(f"'model.{towers[0]}' names a tower of an image-text-classification model; task "
+                              f"'{self.name}' trains one model: set model.name_or_path instead.")
+        if model.name_or_path is None:
+            raise RecipeError("Missing required field 'model.name_or_path': name the pretrained model (a Hub id, a "
+                              "local folder, a timm architecture or pypi:<name>).")
+        if recipe.evaluation.compare_modalities:
+            raise RecipeError(f"'evaluation.compare_modalities' compares the inputs of a task with several; task "
+                              f"'{self.name}' has one. Remove it, or use compare_to_scratch.")
+        if recipe.data.missing_modality != "error":
+            raise RecipeError(f"'data.missing_modality' is for tasks with several inputs; task '{self.name}' reads "
+                              "one. Use data.on_bad_example=skip to drop rows without it.")
+
+    def model_references(self, recipe: Recipe) -> dict[str, str]:
+        """The model references the recipe names, by recipe field (a task with several towers has several)."""
+        return {MODEL_FIELD: recipe.model.name_or_path} if recipe.model.name_or_path else {}
+
+    def resolve_sources(self, recipe: Recipe) -> dict[str, ModelSource]:
+        """Where each reference points, checked on the way (``models.sources.resolve_model_source``)."""
+        return {field: resolve_model_source(name, self, field) for field, name in self.model_references(recipe).items()}
+
+    def base_models(self, recipe: Recipe) -> list[str]:
+        """The pretrained models the run starts from, for the card's ``base_model``."""
+        return list(self.model_references(recipe).values()) if recipe.model.pretrained else []
+
+    def ablations(self, recipe: Recipe) -> dict[str, Recipe]:
+        """``evaluation.compare_modalities``: one recipe per input alone, by name; a one-input task has none."""
+        raise RecipeError(f"'evaluation.compare_modalities' needs a task with several inputs; '{self.name}' has one.")
+
     # ------------------------------------------------------------------------------ model and data
 
     def load_model(self, recipe: Recipe, label_names: list[str]) -> tuple[PreTrainedModel, Any]:
@@ -96,6 +133,27 @@ class TaskAdapter:
     def check_value(self, role: str, value: Any, where: str) -> None:
         """Raise ``DataError`` (naming ``where``: split, row, column) if one raw input cannot be used the way
         training will use it; ``hf-transfer check`` runs it on a sample of rows. Nothing to check by default."""
+
+    def predict(self, model_dir: Path, inputs: dict[str, list], top_k: int | None = None) -> list[list[dict]]:
+        """Labels and scores, best first, for raw inputs by role (e.g. ``{"image": [...]}``). The default runs
+        ``transformers.pipeline`` on the first input role, as a user of the saved folder would."""
+        from transformers import pipeline
+
+        role = self.input_roles[0]
+        values = inputs.get(role)
+        if not values:
+            raise DataError(f"Task '{self.name}' predicts from --{role.replace('_', '-')}; give at least one.")
+        extra = [r for r, v in inputs.items() if v and r not in self.input_roles]
+        if extra:
+            raise DataError(f"Task '{self.name}' reads {', '.join(self.input_roles)}, not {', '.join(extra)}.")
+        pairs = inputs.get("text_pair") if "text_pair" in self.input_roles else None
+        if pairs:
+            if len(pairs) != len(values):
+                raise DataError(f"Give one text pair per text: {len(values)} texts, {len(pairs)} pairs.")
+            values = [{"text": t, "text_pair": p} for t, p in zip(values, pairs)]
+        classify = pipeline(self.pipeline_tag, model=str(model_dir))
+        results = classify(list(values), top_k=top_k or len(classify.model.config.id2label))
+        return [r if isinstance(r, list) else [r] for r in results]
 
     # ------------------------------------------------------------------------------ which models fit
 

@@ -21,17 +21,19 @@ CARD_HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "per_device_train_b
 
 
 def card_inputs(recipe: Recipe, data: PreparedData, metrics: dict, args, model_name: str) -> CardInputs:
+    task = get_task(recipe.task)
+    bases = task.base_models(recipe)
     world = max(1, args.world_size)
     hyperparameters = {key: getattr(args, key) for key in CARD_HYPERPARAMETERS}
     hyperparameters["effective_batch_size"] = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
     summary = {**data.sizes(), "columns": data.columns, "splits": data.sources}
     return CardInputs(
         model_name=model_name, task=recipe.task,
-        base_model=recipe.model.name_or_path if recipe.model.pretrained else None,
+        base_model=(bases[0] if len(bases) == 1 else bases) or None,
         datasets=[recipe.data.path], label_names=data.label_names, strategy=recipe.strategy.name,
         strategy_options=recipe.strategy.to_mapping(), hyperparameters=hyperparameters,
         data_summary=summary, metrics=metrics, license=recipe.output.license, tags=list(recipe.output.tags),
-        recipe_yaml=recipe.to_yaml(), repo_id=recipe.output.hub_model_id, facts=get_task(recipe.task).card_facts(recipe))
+        recipe_yaml=recipe.to_yaml(), repo_id=recipe.output.hub_model_id, facts=task.card_facts(recipe))
 
 
 def write_run_outputs(trainer, recipe: Recipe, data: PreparedData, metrics: dict, folder: RunFolder,

@@ -26,7 +26,6 @@ from ..features import CachedInputs, build_cached_inputs, collate_features
 from ..methods import Method, create_method
 from ..methods.preflight import method_preflight
 from ..models.layout import discover_layout
-from ..models.sources import resolve_model_source
 from ..recipe import Recipe
 from ..strategies import create_strategy
 from ..tasks.base import ModelInputs, get_task
@@ -115,6 +114,8 @@ def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder,
     metrics: dict[str, Any] = {"labels": data.label_names}
     if data.skipped:
         metrics["skipped"] = skipped_report(data.skipped)
+    if data.missing:  # data.missing_modality: rows without one of the inputs, by split and input
+        metrics["missing_inputs"] = data.missing
     metrics["validation"] = evaluate_split(trainer, trainer.eval_dataset, data.label_names, "validation")
     if build.test_dataset is not None:
         metrics["test"] = evaluate_split(trainer, build.test_dataset, data.label_names, "test")
@@ -155,10 +156,10 @@ def protected_paths(recipe: Recipe) -> dict[str, Path]:
 
 
 def model_paths(recipe: Recipe) -> dict[str, Path]:
-    """Local model folders the run reads (backbone, teacher): ``output.dir`` may be neither one nor inside one."""
+    """Local model folders the run reads (backbones, teacher): ``output.dir`` may be neither one nor inside one."""
     found: dict[str, Path] = {}
-    for where, name in (("model.name_or_path", recipe.model.name_or_path),
-                        ("method.teacher", getattr(recipe.method.options, "teacher", None))):
+    references = get_task(recipe.task).model_references(recipe)
+    for where, name in (*references.items(), ("method.teacher", getattr(recipe.method.options, "teacher", None))):
         path = Path(str(name)).expanduser() if name else None
         if path is not None and path.is_dir():
             found[where] = path
@@ -175,11 +176,13 @@ def preflight_run(recipe: Recipe) -> tuple[RunFolder, TrainingPlan]:
 
     Nothing is written; runs made of runs call it before their sub-runs train.
     """
+    task = get_task(recipe.task)
+    task.check_recipe(recipe)
     folder = run_folder(recipe)
     if distributed_state().is_main_process:
         folder.check(recipe.to_yaml())
         check_push_target(recipe.output.hub_model_id, recipe.output.push_to_hub)
-    resolve_model_source(recipe.model.name_or_path, recipe.task)
+    task.resolve_sources(recipe)
     return folder, preflight_training(recipe)
 
 
