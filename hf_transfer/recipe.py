@@ -506,6 +506,10 @@ class Recipe:
         _require(self.model.name_or_path != AUTO or not (self.evaluation.cross_validate or self.evaluation.learning_curve),
                  "'model.name_or_path: auto' does not combine with cross-validation or learning curves yet: run "
                  "'hf-transfer rank' first and set model.name_or_path to the winner.")
+        _require(not self.evaluation.compare_modalities or not (self.evaluation.cross_validate or self.stages
+                                                                or self.evaluation.learning_curve),
+                 "'evaluation.compare_modalities' does not combine with cross-validation, learning curves or stages "
+                 "yet: run the comparison as its own recipe.")
         if self.method.name is not None:
             _require(METHODS.lookup(self.method.name).supports_mixup or not self.data.augmentation.mixes,
                      f"'method' = {self.method.name} does not combine with mixup/cutmix "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..recipe import AUTO, Recipe
 from ..training.run import FinetuneResult
 from .auto import finetune_auto
+from .modalities import run_modalities
 from .protocols import run_protocols
 from .scratch import run_compared
 from .stages import run_stages
@@ -14,7 +15,8 @@ def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
     """Run a recipe end to end and write its model folder; resumes from the last checkpoint if any.
 
     ``model.name_or_path: auto`` ranks ``model.candidates`` first; stages, cross-validation and learning curves
-    train their sub-runs first; ``evaluation.compare_to_scratch`` trains the from-scratch baseline first.
+    train their sub-runs first; ``evaluation.compare_modalities`` trains each input alone first and
+    ``evaluation.compare_to_scratch`` the from-scratch baseline.
     """
     if recipe.model.name_or_path == AUTO:
         return finetune_auto(recipe, write_card)
@@ -22,4 +24,6 @@ def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
         return run_stages(recipe, write_card)
     if recipe.evaluation.cross_validate or recipe.evaluation.learning_curve:
         return run_protocols(recipe, write_card)
+    if recipe.evaluation.compare_modalities:
+        return run_modalities(recipe, write_card)
     return run_compared(recipe, write_card)

@@ -16,8 +16,8 @@ def get_strategy(name: str) -> type[Strategy]:
     return STRATEGIES.lookup(name)
 
 
-def create_strategy(name: str, options, layout) -> Strategy:
-    return get_strategy(name)(options, layout)
+def create_strategy(name: str, options, layout, part_rates: dict[str, float] | None = None) -> Strategy:
+    return get_strategy(name)(options, layout, part_rates)
 
 
 from . import full, gradual_unfreeze, layerwise_lr, linear_probe, partial  # noqa: E402,F401  (registration)

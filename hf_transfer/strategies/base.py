@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 from torch import nn
 from transformers import TrainerCallback
 
+from ..config_utils import closest
+from ..errors import RecipeError
 from ..models.layout import ParameterLayout
 from .freezing import FrozenModulesInEval, set_trainable
 
@@ -29,10 +31,17 @@ class Strategy:
     #: True when the backbone never trains, so its features could be computed once.
     freezes_backbone: ClassVar[bool] = False
 
-    def __init__(self, options: Any, layout: ParameterLayout) -> None:
+    def __init__(self, options: Any, layout: ParameterLayout, part_rates: dict[str, float] | None = None) -> None:
         self.options = options
         self.layout = layout
         self.frozen_in_eval: FrozenModulesInEval | None = None
+        self.part_rates = dict(part_rates or {})
+        """``strategy.learning_rates``: a learning rate per layout part (``head``, ``backbone``, towers)."""
+        unknown = [part for part in self.part_rates if part not in layout.parts]
+        if unknown:
+            hint = closest(unknown[0], layout.parts)
+            raise RecipeError(f"'strategy.learning_rates.{unknown[0]}' is not a part of this model"
+                              + (f"; did you mean '{hint}'?" if hint else ".") + f" Parts: {', '.join(layout.parts)}.")
 
     def prepare(self, model: nn.Module) -> None:
         """Called once before training; the default makes everything trainable."""
@@ -41,6 +50,15 @@ class Strategy:
     def learning_rates(self, base_lr: float) -> dict[str, float]:
         """Learning rate per parameter name; the default gives every parameter ``base_lr``."""
         return {name: base_lr for name in (*self.layout.backbone(), *self.layout.head)}
+
+    def rates(self, base_lr: float) -> dict[str, float]:
+        """``learning_rates``, with ``strategy.learning_rates`` replacing ``base_lr`` part by part (the strategy's
+        own factors, e.g. layer-wise decay, still apply within a part)."""
+        rates = self.learning_rates(base_lr)
+        for part, rate in self.part_rates.items():
+            for name in self.layout.parts[part]:
+                rates[name] = rate * rates.get(name, base_lr) / base_lr
+        return rates
 
     def callbacks(self) -> list[TrainerCallback]:
         return []

@@ -247,7 +247,7 @@ def _is_temporary_of(name: str, entries: set[str]) -> bool:
 
 
 #: Folders that hold sub-runs (each with its own marker) and the starting weights of stages.
-CONTAINERS = ("stages", "folds", "learning_curve")
+CONTAINERS = ("stages", "folds", "learning_curve", "modalities")
 #: What ``checkpoints/`` may hold: the Trainer's checkpoint folders (also while it writes them) and trackers' logs.
 CHECKPOINT_CONTENT = re.compile(r"^(tmp-)?checkpoint-\d+$|^runs$")
 #: Top-level entries of a run that has not finished yet; clearing one removes nothing else.
@@ -280,7 +280,7 @@ def _foreign(folder: Path, entries: set[str], prefix: str) -> Iterator[str]:
 
 
 def _foreign_in_container(folder: Path, prefix: str) -> Iterator[str]:
-    """Inside ``stages/``, ``folds/``, ``learning_curve/``: sub-runs, folders of sub-runs, stages' starting weights."""
+    """Inside ``stages/``, ``folds/``, ``learning_curve/``, ``modalities/``: sub-runs, folders of sub-runs, stages' starting weights."""
     for path in folder.iterdir():
         where = prefix + path.name
         if not path.is_dir() or path.is_symlink():

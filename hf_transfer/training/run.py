@@ -71,7 +71,8 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunB
     set_seed(recipe.seed)  # here, not earlier: pre-flight work must not change which head the run starts from
     task = get_task(recipe.task)
     model, processor = task.load_model(recipe, data.label_names)
-    strategy = create_strategy(recipe.strategy.name, recipe.strategy.options, discover_layout(model))
+    strategy = create_strategy(recipe.strategy.name, recipe.strategy.options, discover_layout(model),
+                               recipe.strategy.learning_rates)
     strategy.prepare(model)
     with distributed_state().main_process_first():  # rank 0 fills the datasets cache, the others reuse it
         inputs = task.model_inputs(recipe, data, model, processor)

@@ -124,7 +124,7 @@ class TransferTrainer(Trainer):
         model = model if model is not None else self.model
         base_lr, weight_decay = self.args.learning_rate, self.args.weight_decay
         decay = set(self.get_decay_parameter_names(model))
-        rates = self.strategy.learning_rates(base_lr)
+        rates = self.strategy.rates(base_lr)
         groups: dict[tuple[float, float], list[torch.nn.Parameter]] = defaultdict(list)
         for name, parameter in model.named_parameters():
             groups[(rates.get(name, base_lr), weight_decay if name in decay else 0.0)].append(parameter)
