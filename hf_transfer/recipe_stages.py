@@ -20,6 +20,14 @@ from .config_utils import from_dict, to_dict
 from .errors import RecipeError
 
 WEIGHT_CARRIES = ("all", "backbone", "architecture")
+TOWER_CARRIES = ("image_tower", "text_tower")
+"""A model with several towers takes one tower from the stage before (e.g. a text encoder fine-tuned on a
+text task, then fused with an image backbone): ``<tower>_tower`` sets ``model.<tower>`` to that stage's folder."""
+
+
+def carried_tower(carry: str | None) -> str | None:
+    """``text`` for ``carry: text_tower``; None for the other carries."""
+    return carry[: -len("_tower")] if carry in TOWER_CARRIES else None
 
 
 class StageRecipe(Protocol):
@@ -38,7 +46,7 @@ R = TypeVar("R", bound=StageRecipe)
 class TransferSection:
     """What a stage takes from the stage before it."""
 
-    carry: Literal["all", "backbone", "architecture", "augmentation"] = "all"
+    carry: Literal["all", "backbone", "architecture", "augmentation", "image_tower", "text_tower"] = "all"
     up_to: str | None = None
     """``carry: backbone`` only: the last carried layer, as a parameter-name part (``blocks.3``,
     ``encoder.layer.1``) or a layer number (1 = stem/embeddings); later layers and the head start fresh."""
@@ -65,6 +73,8 @@ class Stage:
             sections["transfer"] = to_dict(self.transfer)
             if self.transfer.carry in WEIGHT_CARRIES:
                 sections["model"].pop("name_or_path")  # it comes from the stage before
+            if carried_tower(self.transfer.carry) is not None:
+                sections["model"].pop(carried_tower(self.transfer.carry))
         return sections
 
 
@@ -112,6 +122,16 @@ def resolve_stages(data: dict[str, Any], build: Callable[[dict[str, Any]], R]) -
         if section is not None and section.carry in WEIGHT_CARRIES and "name_or_path" in (fragment.get("model") or {}):
             raise RecipeError(f"'{where}.model.name_or_path' is set, but transfer.carry: {section.carry} takes the "
                               f"model from stage '{stages[-1].name}'. Remove it, or use carry: augmentation.")
+        tower = carried_tower(section.carry) if section is not None else None
+        if tower is not None:
+            fragment_model = fragment.get("model") or {}
+            if fragment_model.get(tower) is not None:
+                raise RecipeError(f"'{where}.model.{tower}' is set, but transfer.carry: {section.carry} takes it from "
+                                  f"stage '{stages[-1].name}'. Remove it.")
+            # the source stage's own model is not this stage's: only the carried tower comes from it
+            merged = {**merged, "model": {k: v for k, v in (merged.get("model") or {}).items()
+                                          if k not in ("name_or_path", "candidates")}}
+            merged["model"][tower] = "(carried)"  # a placeholder: the stage runner sets the folder
         merged = merge_fragment(merged, fragment)
         last = i == len(fragments) - 1
         output = {**(merged.get("output") or {}), "dir": str(root if last else root / "stages" / name)}
@@ -147,4 +167,4 @@ def _check_fragment(fragment: dict, where: str, name: str, earlier: list[str], f
                               "run it on a single-stage recipe.")
 
 
-__all__ = ["WEIGHT_CARRIES", "TransferSection", "Stage", "merge_fragment", "resolve_stages"]
+__all__ = ["WEIGHT_CARRIES", "TOWER_CARRIES", "carried_tower", "TransferSection", "Stage", "merge_fragment", "resolve_stages"]

@@ -16,7 +16,7 @@ from ..config_utils import to_dict
 from ..data.prepare import PreparedData, prepare_data
 from ..methods.preflight import method_preflight
 from ..recipe import Recipe
-from ..recipe_stages import WEIGHT_CARRIES, Stage
+from ..recipe_stages import WEIGHT_CARRIES, Stage, carried_tower
 from ..tasks.base import get_task
 from ..training.outputs import record
 from ..training.preflight import preflight_training
@@ -49,6 +49,8 @@ def run_recipes(recipe: Recipe) -> list[Recipe]:
             run = run.replace({"model.name_or_path": source.output.dir, "model.pretrained": False})
         elif carry == "augmentation":
             run = run.replace({"data.augmentation": to_dict(source.data.augmentation)})
+        elif carried_tower(carry) is not None:
+            run = run.replace({f"model.{carried_tower(carry)}": source.output.dir})
         recipes.append(run)
     return recipes
 
@@ -95,9 +97,12 @@ def _preflight_stages(recipe: Recipe, runs: list[Recipe]) -> dict[int, PreparedD
         if finished_metrics(run.output.dir) is not None:
             continue
         preflight_training(run)
-        if stage.transfer is None or stage.transfer.carry not in WEIGHT_CARRIES:
-            get_task(run.task).check_recipe(run)
-            get_task(run.task).resolve_sources(run)
+        carry = stage.transfer.carry if stage.transfer else None
+        if carry not in WEIGHT_CARRIES:
+            task = get_task(run.task)
+            task.check_recipe(run)
+            tower = carried_tower(carry)  # carried from a stage not trained yet: its folder is checked when loaded
+            task.resolve_sources(run.replace({f"model.{tower}": None}) if tower else run)
         prepared[i] = prepare_data(run.data, get_task(run.task).input_roles, run.seed)
         method_preflight(run, prepared[i].label_names)
     return prepared
@@ -133,8 +138,9 @@ def _lineage_entry(stage: Stage, run: Recipe, source: dict[str, Any] | None) -> 
     else:
         started_from = f"stage '{source['stage']}' ({carry}" + (
             f" up to {stage.transfer.up_to})" if carry == "backbone" else ")")
+    bases = get_task(run.task).base_models(run)
     return {"stage": stage.name, "folder": str(Path(run.output.dir)), "data": _data_text(run),
-            "base_model": run.model.name_or_path if run.model.pretrained else None, "started_from": started_from,
+            "base_model": ", ".join(bases) or None, "started_from": started_from,
             "carry": carry}
 
 
