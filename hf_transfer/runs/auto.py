@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 def finetune_auto(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
     """Rank the candidates, then run the recipe with the best one, the ranking in its metrics and folder."""
+    get_task(recipe.task).check_recipe(recipe)
     folder = run_folder(recipe)
     folder.check(recipe.to_yaml())  # a finished run or a foreign folder is refused before minutes of ranking
     seed = recipe.seed

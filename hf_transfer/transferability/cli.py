@@ -28,8 +28,8 @@ def add_rank_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def infer_task(data: dict) -> str:
-    """The first task whose input column the flags name, else the first whose ``detect`` claims the data's
-    columns (image: an image column by type or name), else the fallback task (text)."""
+    """The first task whose input column the flags name, else the task reading the most inputs among those whose
+    ``detect`` claims the data's columns (image: an image column by type or name), else the fallback task (text)."""
     # imported here (datasets, transformers): the parser is built on every start of the command line
     from ..data.sources import load_raw
     from ..tasks.base import get_task
@@ -41,7 +41,7 @@ def infer_task(data: dict) -> str:
     raw = load_raw(DataSection(**{k: v for k, v in data.items() if k in ("path", "name", "data_files")}))
     features = next(iter(raw.values())).features
     claimed = [a for a in adapters if a.detect(features)] or [a for a in adapters if a.detected_by_default]
-    return claimed[0].name
+    return max(claimed, key=lambda a: len(a.input_roles)).name  # image + text columns: the task reading both
 
 
 def rank_recipe(args: argparse.Namespace) -> Recipe:

@@ -69,6 +69,8 @@ class CandidateResult:
     source_classes: int | None = None
     cache_hit: bool = False
     rank: int | None = None
+    tower: str | None = None
+    """For a task with several towers: the tower (input) this candidate was scored for."""
 
 
 @dataclass
@@ -85,9 +87,18 @@ class Ranking:
     def best(self) -> CandidateResult:
         return self.results[0]
 
+    def best_per_tower(self) -> dict[str, str]:
+        """For a task with several towers: the best candidate of each tower."""
+        best: dict[str, str] = {}
+        for result in self.results:
+            if result.tower is not None:
+                best.setdefault(result.tower, result.candidate)
+        return best
+
     def to_dict(self) -> dict[str, Any]:
         return {"rank_by": self.rank_by, "task": self.task, "data": self.data, "num_samples": self.num_samples,
                 "num_classes": self.num_classes, "best": self.best().candidate,
+                **({"best_per_tower": self.best_per_tower()} if self.best_per_tower() else {}),
                 "scores": {name: score.paper for name, score in SCORES.items()},
                 "results": [dataclasses.asdict(result) for result in self.results]}
 
@@ -212,13 +223,36 @@ def parse_candidates(specs: list[str] | None) -> list[Candidate]:
     return candidates
 
 
-def check_candidates(candidates: list[Candidate], task: str | TaskAdapter) -> None:
-    """Resolve every reference before any data is read or model loaded: a typo fails in a second."""
+def check_candidates(candidates: list[Candidate], task: str | TaskAdapter) -> dict[str, str | None]:
+    """Resolve every reference before any data is read or model loaded: a typo fails in a second.
+
+    For a task with several towers, each candidate is scored for the first tower whose task accepts it (an image
+    backbone on the image column, a text encoder on the text column); returns candidate -> tower.
+    """
+    adapter = get_task(task) if isinstance(task, str) else task
+    towers = adapter.tower_tasks()
+    placed: dict[str, str | None] = {}
     for candidate in candidates:
-        try:
-            resolve_model_source(candidate.reference, task)
-        except ModelError as error:
-            raise ModelError(f"Candidate '{candidate.spec}': {error}") from None
+        if not towers:
+            try:
+                resolve_model_source(candidate.reference, adapter)
+            except ModelError as error:
+                raise ModelError(f"Candidate '{candidate.spec}': {error}") from None
+            placed[candidate.spec] = None
+            continue
+        problems = []
+        for tower, tower_task in towers.items():
+            try:
+                resolve_model_source(candidate.reference, tower_task, f"{tower} candidate")
+            except ModelError as error:
+                problems.append(str(error))
+                continue
+            placed[candidate.spec] = tower
+            break
+        else:
+            raise ModelError(f"Candidate '{candidate.spec}' fits none of the towers ({', '.join(towers)}): "
+                             + " / ".join(problems))
+    return placed
 
 
 def rank_candidates(recipe: Recipe, data: PreparedData | None = None, max_samples: int | None = None,
@@ -229,7 +263,7 @@ def rank_candidates(recipe: Recipe, data: PreparedData | None = None, max_sample
     if rank_by not in SCORES:
         raise RecipeError(f"Unknown score '{rank_by}'; available: {', '.join(SCORES)}.")
     task = get_task(recipe.task)
-    check_candidates(candidates, task)
+    towers = check_candidates(candidates, task)
     seed = recipe.seed
     if data is None:
         data = prepare_data(recipe.data, task.input_roles, seed)
@@ -242,7 +276,11 @@ def rank_candidates(recipe: Recipe, data: PreparedData | None = None, max_sample
                 recipe.data.path, classes, rank_by)
     results = []
     for number, candidate in enumerate(candidates, start=1):
-        result = score_candidate(candidate, recipe, data, split, seed)
+        tower = towers[candidate.spec]
+        scored = recipe if tower is None else recipe.replace(  # a tower is scored as its own task would be
+            {"task": task.tower_tasks()[tower], "model.image": None, "model.text": None})
+        result = score_candidate(candidate, scored, data, split, seed)
+        result.tower = tower
         shown = ", ".join(f"{name} {value:.4f}" for name, value in result.scores.items() if value is not None)
         logger.info("[%d/%d] %s: %s (%.1f s, features %s)", number, len(candidates), candidate.spec, shown,
                     result.seconds, "cached" if result.cache_hit else "computed")
