@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .registry import PYPI_WEIGHTS
 from .tasks.base import CardFacts
 from .transferability.ranking import Ranking
@@ -109,6 +111,60 @@ def _scratch_rows(metrics: dict[str, Any], split: str) -> dict[str, str] | None:
             "gain_f1": _points(ours["f1_macro"] - scratch["f1_macro"])}
 
 
+def modality_rows(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """``evaluation.compare_modalities``: each input alone and fused, and the fusion gain (fused minus the best
+    single input), from ``metrics['compare_modalities']``."""
+    table = metrics.get("compare_modalities")
+    if not table:
+        return None
+    rows = [{"name": name, "accuracy": _percent(row["accuracy"]), "f1": _percent(row["f1_macro"])}
+            for name, row in table["runs"].items()]
+    gain = table["fusion_gain"]
+    return {"split": table["split"], "rows": rows, "alone": [name for name in table["runs"] if name != "fused"],
+            "gain_accuracy": _points(gain["accuracy"]), "gain_f1": _points(gain["f1_macro"])}
+
+
+def _recipe_data(recipe_yaml: str) -> dict[str, Any]:
+    """The resolved recipe's ``data`` section ({} when the YAML is not a recipe)."""
+    try:
+        recipe = yaml.safe_load(recipe_yaml) or {}
+    except yaml.YAMLError:
+        return {}
+    data = recipe.get("data") if isinstance(recipe, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def missing_text(metrics: dict[str, Any], data_section: dict[str, Any]) -> str | None:
+    """``metrics['missing_inputs']`` ({split: {input: rows}}) in words, with what ``data.missing_modality`` did."""
+    missing = metrics.get("missing_inputs")
+    if not missing:
+        return None
+    parts = []
+    for split, counts in missing.items():
+        without = ", ".join(f"{count} without {role}" for role, count in counts.items() if count)
+        if without:
+            parts.append(f"{split}: {without}")
+    if not parts:
+        return None
+    handling = {"skip": "dropped", "learn": "kept, the model using a learned stand-in for the missing input"}
+    mode = data_section.get("missing_modality")
+    how = f"`data.missing_modality: {mode}`: {handling[mode]}" if mode in handling else "`data.missing_modality`"
+    return "; ".join(parts) + f" ({how})"
+
+
+def class_weights_text(metrics: dict[str, Any], data_section: dict[str, Any]) -> str | None:
+    """``metrics['train']['class_weights']`` ({label: weight}) in words; None when training was unweighted."""
+    weights = (metrics.get("train") or {}).get("class_weights")
+    if not weights:
+        return None
+    listed = ", ".join(f"{name} {weight:.4g}" for name, weight in list(weights.items())[:20])
+    listed += " ..." if len(weights) > 20 else ""
+    source = ("balanced: train examples / (classes x examples of the class)"
+              if data_section.get("class_weights") == "balanced" else "from the recipe")
+    return (f"{listed} ({source}); the training loss is the class-weighted cross-entropy, the evaluation loss the "
+            "unweighted one")
+
+
 def protocol_rows(metrics: dict[str, Any]) -> dict[str, Any]:
     """Template values for stages (lineage, forgetting), cross-validation and learning curves, when present."""
     lineage = []
@@ -165,6 +221,7 @@ def render_model_card(inputs: CardInputs):
     base_text = " and ".join(described) or "none (trained from random initialisation)"
     facts = inputs.task_facts()
     splits = summary.get("splits", {})
+    data_section = _recipe_data(inputs.recipe_yaml)
     split_text = ", ".join(f"{name} {summary[name]} examples" + (f" ({splits[name]})" if name in splits else "")
                            for name in ("train", "validation", "test") if name in summary)
     return ModelCard.from_template(
@@ -174,7 +231,7 @@ def render_model_card(inputs: CardInputs):
                  f"{base_text} with the `{inputs.strategy}` transfer strategy of hf-transfer."),
         result_split=split, num_samples=report["num_samples"],
         headline=[(label, _percent(report[key])) for key, label in HEADLINE_NAMES.items()],
-        scratch=_scratch_rows(metrics, split), strategy=inputs.strategy,
+        scratch=_scratch_rows(metrics, split), modalities=modality_rows(metrics), strategy=inputs.strategy,
         strategy_text=_strategy_text(inputs.strategy_options),
         per_class=[{"name": name, "precision": f"{row['precision']:.3f}", "recall": f"{row['recall']:.3f}",
                     "f1": f"{row['f1']:.3f}", "support": row["support"]} for name, row in report["per_class"].items()],
@@ -182,7 +239,8 @@ def render_model_card(inputs: CardInputs):
         how_to_use=facts.how_to_use, base_model_text=base_text, dataset_text=", ".join(f"`{d}`" for d in inputs.datasets), split_text=split_text,
         num_labels=len(inputs.label_names), labels_text=", ".join(inputs.label_names[:50])
         + (" ..." if len(inputs.label_names) > 50 else ""),
-        input_text=facts.input_text, hyperparameters=list(inputs.hyperparameters.items()),
+        input_text=facts.input_text, missing_text=missing_text(metrics, data_section),
+        class_weights_text=class_weights_text(metrics, data_section), hyperparameters=list(inputs.hyperparameters.items()),
         runtime=f"{train.get('runtime_s', 0):.0f} s", steps=train.get("steps", "?"), epochs=train.get("epochs", "?"),
         recipe_yaml=inputs.recipe_yaml, selection=selection_rows(metrics), **protocol_rows(metrics),
     )

@@ -13,7 +13,7 @@ from .methods.preflight import method_preflight
 from .recipe import AUTO, Recipe
 from .tasks.base import TaskAdapter, get_task
 from .training.preflight import preflight_training
-from .training.run import run_folder
+from .training.run import resolve_class_weights, run_folder
 from .transferability.ranking import check_candidates, parse_candidates
 
 SAMPLE_ROWS = 16
@@ -71,5 +71,6 @@ def check_recipe(recipe: Recipe) -> dict[str, Any]:
         "method": method_preflight(recipe, data.label_names),
         "rows_checked": _check_sample(task, data), "output_dir": recipe.output.dir, "notes": data.notes,
         **({"missing_inputs": data.missing} if data.missing else {}),
+        **({"class_weights": weights} if (weights := resolve_class_weights(recipe.data.class_weights, data)) else {}),
         "training": plan.summary(data.sizes()),
     }

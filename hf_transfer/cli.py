@@ -173,6 +173,14 @@ def _print_summary(metrics: dict, output_dir) -> None:
     if "scratch" in metrics:
         line("from scratch", metrics["scratch"].get(split))
         print(f"  {'transfer gain':<24} accuracy {metrics['transfer_gain']['accuracy']:+.2%}")
+    modalities = metrics.get("compare_modalities")
+    if modalities:  # evaluation.compare_modalities: each input alone, then the fused model
+        print(f"Each input alone vs fused ({modalities['split']} split):")
+        for name, report in modalities["runs"].items():
+            line(name, report)
+        gain = modalities["fusion_gain"]
+        print(f"  {'fusion gain':<24} accuracy {gain['accuracy']:+.2%}  macro-F1 {gain['f1_macro']:+.2%}"
+              "  (fused minus the best single input)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,3 +94,40 @@ def test_a_task_without_adapter_facts_still_gets_a_card():
     card = render_model_card(inputs(None, ["d"], task="tabular-classification", with_facts=False))
     assert card.data.pipeline_tag == "tabular-classification" and "tabular-classification" in card.data.tags
     assert "A tabular classification model for 2 classes" in card.text
+
+
+def test_each_input_alone_vs_fused_table():
+    card_inputs = inputs(None, ["d"], with_facts=False)
+    card_inputs.metrics["compare_modalities"] = {
+        "split": "test",
+        "runs": {"image-only": {"accuracy": 0.6, "f1_macro": 0.55}, "text-only": {"accuracy": 0.7, "f1_macro": 0.68},
+                 "fused": {"accuracy": 0.75, "f1_macro": 0.74}},
+        "fusion_gain": {"accuracy": 0.05, "f1_macro": 0.06}}
+    body = render_model_card(card_inputs).text
+    assert "### Each input alone vs fused" in body and "image-only, text-only" in body
+    assert "| image-only | 60.00% | 55.00% |" in body
+    assert "| text-only | 70.00% | 68.00% |" in body
+    assert "| fused | 75.00% | 74.00% |" in body
+    assert "**+5.00 pts** | **+6.00 pts** |" in body
+    plain = render_model_card(inputs(None, ["d"], with_facts=False)).text
+    assert "Each input alone" not in plain and "Rows without an input" not in plain and "Class weights" not in plain
+
+
+def test_rows_without_an_input_are_counted_with_what_happened_to_them():
+    card_inputs = inputs(None, ["d"], with_facts=False)
+    card_inputs.metrics["missing_inputs"] = {"train": {"image": 3, "text": 1}, "test": {"image": 0, "text": 2}}
+    card_inputs.recipe_yaml = "task: image-text-classification\ndata:\n  path: d\n  missing_modality: learn\n"
+    body = render_model_card(card_inputs).text
+    assert ("- **Rows without an input:** train: 3 without image, 1 without text; test: 2 without text "
+            "(`data.missing_modality: learn`: kept, the model using a learned stand-in for the missing input)") in body
+
+
+def test_class_weights_line_in_the_training_section():
+    card_inputs = inputs(None, ["d"], with_facts=False)
+    card_inputs.metrics["train"]["class_weights"] = {"cat": 0.75, "dog": 1.5}
+    card_inputs.recipe_yaml = "data:\n  path: d\n  class_weights: balanced\n"
+    training = render_model_card(card_inputs).text.split("## Training")[1]
+    assert "- **Class weights:** cat 0.75, dog 1.5 (balanced: " in training
+    assert "class-weighted cross-entropy" in training
+    card_inputs.recipe_yaml = "data:\n  path: d\n  class_weights: [0.75, 1.5]\n"
+    assert "cat 0.75, dog 1.5 (from the recipe)" in render_model_card(card_inputs).text

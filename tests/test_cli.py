@@ -85,3 +85,21 @@ def test_data_error_exits_2_in_process(tmp_path, capsys):
 def test_missing_recipe_file_exits_2_in_process(tmp_path, capsys):
     assert run_cli(["check", str(tmp_path / "nope.yaml")]) == EXIT_USER_ERROR
     assert "nope.yaml' does not exist" in capsys.readouterr().err
+
+
+def test_summary_shows_each_input_alone_and_the_fusion_gain(capsys):
+    from hf_transfer.cli import _print_summary
+
+    report = {"accuracy": 0.8, "f1_macro": 0.75}
+    _print_summary({"test": report, "compare_modalities": {
+        "split": "test", "runs": {"image-only": {"accuracy": 0.6, "f1_macro": 0.5},
+                                  "text-only": {"accuracy": 0.7, "f1_macro": 0.72}, "fused": report},
+        "fusion_gain": {"accuracy": 0.1, "f1_macro": 0.03}}}, "out")
+    lines = capsys.readouterr().out.splitlines()
+    assert "Each input alone vs fused (test split):" in lines
+    assert any(line.split() == ["image-only", "accuracy", "60.00%", "macro-F1", "50.00%"] for line in lines)
+    assert any(line.split() == ["text-only", "accuracy", "70.00%", "macro-F1", "72.00%"] for line in lines)
+    assert any(line.split() == ["fused", "accuracy", "80.00%", "macro-F1", "75.00%"] for line in lines)
+    assert any("fusion gain" in line and "+10.00%" in line and "+3.00%" in line for line in lines)
+    _print_summary({"test": report}, "out")
+    assert "fusion gain" not in capsys.readouterr().out

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, set_seed
 
 from ..data.memo import MemoisedSplit
-from ..data.prepare import PreparedData, prepare_data
+from ..data.prepare import LABEL, PreparedData, column_values, prepare_data
 from ..data.validation import skipped_report
-from ..errors import TrainingInterrupted
+from ..errors import RecipeError, TrainingInterrupted
 from ..hub import check_push_target
 from ..evaluation.metrics import metrics_for_trainer
 from ..features import CachedInputs, build_cached_inputs, collate_features
@@ -64,6 +65,35 @@ class RunBuild:
     method: Method | None
     loss_guard: NonFiniteLossGuard
     stop: GracefulStop
+    class_weights: dict[str, float] | None = None
+    """The weight of each label in the training loss (``data.class_weights``), as the trainer uses them."""
+
+
+def resolve_class_weights(setting: str | list[float] | None, data: PreparedData) -> dict[str, float] | None:
+    """``data.class_weights`` for these splits: label -> weight, in label order; None when the recipe sets none.
+
+    ``balanced`` is scikit-learn's ``compute_class_weight("balanced")`` over the classes of the prepared train
+    split: ``n_samples / (n_classes * count)``, so that the mean weight per training example is 1. A label with no
+    training example gets weight 0 (and a warning): no hard label ever carries it, and under mixup's label
+    smoothing it adds nothing. A list must hold one weight per label, else a ``RecipeError`` before training.
+    """
+    names = data.label_names
+    if setting is None:
+        return None
+    if isinstance(setting, str):  # "balanced"; the recipe rejects any other string
+        counts = np.bincount(np.asarray(column_values(data.train, LABEL), dtype=np.int64), minlength=len(names))
+        present = int(np.count_nonzero(counts))
+        absent = [name for name, count in zip(names, counts) if not count]
+        if absent:
+            logger.warning("data.class_weights: balanced: %d label(s) have no training example and get weight 0: %s",
+                           len(absent), ", ".join(absent[:20]) + (" ..." if len(absent) > 20 else ""))
+        total = int(counts.sum())
+        return {name: round(total / (present * int(count)), 6) if count else 0.0 for name, count in zip(names, counts)}
+    if len(setting) != len(names):
+        listed = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+        raise RecipeError(f"'data.class_weights' lists {len(setting)} weight(s) but the data has {len(names)} labels "
+                          f"({listed}): give one weight per label, in this order, or 'balanced'.")
+    return {name: float(weight) for name, weight in zip(names, setting)}
 
 
 def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunBuild:
@@ -84,6 +114,7 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunB
                  CheckpointManifest()]
     if recipe.evaluation.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recipe.evaluation.early_stopping_patience))
+    class_weights = resolve_class_weights(recipe.data.class_weights, data)
     cached = build_cached_inputs(recipe, data, model, processor, strategy, inputs, args)
     if cached is not None:  # the head trains on cached features: no decoding, no backbone pass
         args = build_training_arguments({**recipe.training, "dataloader_num_workers": 0,
@@ -96,11 +127,12 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunB
         model=cached.model if cached else model, args=args, train_dataset=inputs.train,
         eval_dataset=inputs.validation, data_collator=inputs.collator, processing_class=processor,
         compute_metrics=metrics_for_trainer(len(data.label_names)), callbacks=callbacks,
-        strategy=strategy, mixup=inputs.mixup, loss_guard=loss_guard, method=method)
+        strategy=strategy, mixup=inputs.mixup, loss_guard=loss_guard, method=method,
+        class_weights=None if class_weights is None else list(class_weights.values()))
     if method is not None:
         method.setup(recipe, data, trainer)
     return RunBuild(trainer=trainer, model=model, test_dataset=inputs.test, feature_cache=cached, method=method,
-                    loss_guard=loss_guard, stop=stop)
+                    loss_guard=loss_guard, stop=stop, class_weights=class_weights)
 
 
 def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder,
@@ -128,6 +160,8 @@ def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder,
         "epochs": float(trainer.state.epoch or 0), "steps": int(trainer.state.global_step),
         "best_checkpoint_metric": trainer.state.best_metric,
     }
+    if build.class_weights is not None:  # data.class_weights: the training loss's weight per label
+        metrics["train"]["class_weights"] = build.class_weights
     if build.loss_guard.skipped_steps:  # evaluation.on_nonfinite_loss: skip
         metrics["train"]["skipped_nonfinite_steps"] = list(build.loss_guard.skipped_steps)
     if build.feature_cache is not None:
@@ -200,6 +234,7 @@ def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetr
             data = prepare_data(recipe.data, task.input_roles, seed)
     plan.check_split_sizes(data.sizes())
     method_preflight(recipe, data.label_names)
+    resolve_class_weights(recipe.data.class_weights, data)  # a list of the wrong length stops here
     logger.info("Data: %s; %d labels", data.sizes(), len(data.label_names))
     with ExitStack() as claim:
         with state.main_process_first():  # rank 0 claims the folder; the others then find the same checkpoint

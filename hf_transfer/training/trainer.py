@@ -2,9 +2,14 @@
 
 Only ``train``, ``evaluate`` and ``predict`` (garbage collection, see ``gc_frozen``), ``get_train_dataloader``
 (no last batch of one example for BatchNorm), ``create_optimizer``,
-``compute_loss`` (which also hands each training loss to the non-finite-loss guard and adds the transfer
-method's terms), ``floating_point_ops`` (parameters counted once) and ``log`` (per-term losses) are
+``compute_loss`` (which also hands each training loss to the non-finite-loss guard, weights the classes and adds
+the transfer method's terms), ``floating_point_ops`` (parameters counted once) and ``log`` (per-term losses) are
 overridden; the loop is transformers' own.
+
+Class weights (``data.class_weights``) weight every training loss: the hard-label cross-entropy (also on cached
+features, and the ``ce`` term the methods add to), and the soft-target one of mixup/cutmix. They are computed here
+from the logits, never from the model's own (unweighted) loss. The evaluation loss stays the model's plain
+cross-entropy, as ``hf-transfer evaluate`` reports it for the saved model; the weights shape training only.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import gc
 import logging
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
+from torch.nn import functional as F
 from transformers import Trainer
 
 from ..methods import Method
@@ -44,10 +50,33 @@ def gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy against soft targets (mixup/cutmix), optionally with one weight per class.
+
+    Unweighted: the mean over the batch of ``-sum_c t_c log p_c`` (timm's ``SoftTargetCrossEntropy``). Weighted:
+    ``sum_i sum_c w_c t_ic (-log p_ic) / sum_i sum_c w_c t_ic``, which for one-hot targets is exactly
+    ``F.cross_entropy(logits, labels, weight=w)`` (a weighted mean over the examples).
+    """
+    log_probs = F.log_softmax(logits, dim=-1)
+    if weight is None:
+        return torch.sum(-targets * log_probs, dim=-1).mean()
+    weighted = targets.float() * weight
+    return -(weighted * log_probs.float()).sum() / weighted.sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
 class TransferTrainer(Trainer):
     def __init__(self, *args, strategy: Strategy, mixup=None, loss_guard=None, method: Method | None = None,
-                 **kwargs) -> None:
+                 class_weights: Sequence[float] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.class_weights: torch.Tensor | None = (
+            None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32))
+        """One weight per label (in label order) for the training loss (``data.class_weights``); None: unweighted."""
+        if self.class_weights is not None:
+            # Every training loss is then a mean over its own batch, computed here: Trainer divides it by the
+            # gradient accumulation steps (it would not for models whose own loss is normalised by the number
+            # of labels in the accumulated batch, which the weighted loss does not use).
+            self.loss_is_scaled_for_ga = False
         self._counted: tuple[torch.nn.Module, int] | None = None
         self.strategy = strategy
         self.method = method
@@ -162,11 +191,24 @@ class TransferTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def _loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.mixup is None or not model.training or inputs["labels"].shape[0] % 2:
+        """The training (or evaluation) loss before the method's terms: plain, class-weighted or soft-target."""
+        mixing = self.mixup is not None and model.training and inputs["labels"].shape[0] % 2 == 0
+        weighted = self.class_weights is not None and model.training
+        if not mixing and not weighted:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        from timm.loss import SoftTargetCrossEntropy
-
-        mixed, targets = self.mixup(inputs)  # the task's mixing: model inputs and soft targets
-        outputs = model(**mixed)
-        loss = SoftTargetCrossEntropy()(outputs.logits, targets)
+        if mixing:
+            mixed, targets = self.mixup(inputs)  # the task's mixing: model inputs and soft targets
+            outputs = model(**mixed)
+            loss = soft_target_cross_entropy(outputs.logits, targets, self._weight(outputs.logits))
+        else:  # the logits only: the model's own loss would be unweighted (CachedHeadModel's too)
+            outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
+            loss = F.cross_entropy(outputs.logits.float(), inputs["labels"], weight=self._weight(outputs.logits),
+                                   label_smoothing=self.args.label_smoothing_factor)
         return (loss, outputs) if return_outputs else loss
+
+    def _weight(self, logits: torch.Tensor) -> torch.Tensor | None:
+        if self.class_weights is None:
+            return None
+        if self.class_weights.device != logits.device:
+            self.class_weights = self.class_weights.to(logits.device)
+        return self.class_weights
