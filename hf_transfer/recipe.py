@@ -82,11 +82,16 @@ def _check_training_booleans(training: dict[str, Any]) -> None:
 
 #: Fields hf-transfer owns: they follow from ``output.*`` or from the task.
 MANAGED = {"output_dir", "remove_unused_columns", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo",
-           "resume_from_checkpoint"}
+           "resume_from_checkpoint", "hub_strategy", "hub_always_push", "logging_dir"}
 #: What to do instead, for managed keys whose replacement is not in the ``output`` section.
 _MANAGED_HINTS = {
     "resume_from_checkpoint": "resuming is automatic: run the same command again and it continues from the last "
                               "complete checkpoint in output.dir; to start from other weights, set model.name_or_path",
+    **dict.fromkeys(("hub_strategy", "hub_always_push"),
+                    "checkpoints are not pushed during training; output.push_to_hub (with output.hub_model_id) "
+                    "pushes the finished run folder once the run has finished"),
+    "logging_dir": "TensorBoard logs go to <output.dir>/logs (transformers 5 has no logging_dir; export "
+                   "TENSORBOARD_LOGGING_DIR to send them elsewhere)",
 }
 _MUST_BE_POSITIVE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
                      "per_device_eval_batch_size", "gradient_accumulation_steps")

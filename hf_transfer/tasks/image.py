@@ -17,10 +17,11 @@ from ..data.prepare import COLUMN_CANDIDATES, LABEL, PreparedData
 from ..data.validation import image_problem
 from ..errors import DataError, ModelError
 from ..models.sources import MODEL_FIELD, ModelSource, is_timm_config, resolve_model_source
-from ..models.weights import check_loading_info, where
+from ..models.weights import where
 from ..recipe import AugmentationSection, Recipe
 from ..registry import TASKS
 from .base import CardFacts, ModelInputs, TaskAdapter, label_maps, load_id, pipeline_usage
+from .text import load_with_new_head
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +68,10 @@ def _load(source: ModelSource, recipe: Recipe, label_names: list[str]) -> PreTra
         config = AutoConfig.from_pretrained(location, revision=model_section.revision,
                                             num_labels=len(label_names), **label_maps(label_names), **common)
         return AutoModelForImageClassification.from_config(config, **common)
-    model, info = AutoModelForImageClassification.from_pretrained(
+    return load_with_new_head(lambda: AutoModelForImageClassification.from_pretrained(
         location, revision=model_section.revision, num_labels=len(label_names), output_loading_info=True,
-        ignore_mismatched_sizes=True, use_safetensors=True, **label_maps(label_names), **common)
-    check_loading_info(model, info, MODEL_FIELD, model_section.name_or_path)
-    return model
+        ignore_mismatched_sizes=True, use_safetensors=True, **label_maps(label_names), **common),
+        len(label_names), MODEL_FIELD, model_section.name_or_path, log=logger)
 
 
 def data_config(model: PreTrainedModel, image_size: int | None = None, crop_pct: float | None = None) -> dict[str, Any]:

@@ -4,22 +4,96 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from datasets import Dataset
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                           PreTrainedModel)
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+from transformers.utils import logging as transformers_logging
 
+from ..atomic import write_atomic
 from ..data.prepare import LABEL, PreparedData
 from ..errors import DataError, ModelError
 from ..models.sources import MODEL_FIELD, TEACHER_FIELD, is_timm_config, resolve_model_source
-from ..models.weights import check_loading_info, where
+from ..models.weights import check_loading_info, listing, where
 from ..recipe import Recipe
 from ..registry import TASKS
 from .base import CardFacts, ModelInputs, TaskAdapter, label_maps, load_id, pipeline_usage
+
+logger = logging.getLogger(__name__)
+
+#: Keys ``from_pretrained`` puts into a tokenizer's ``init_kwargs`` (its own loading options and where the files
+#: came from) that ``save_pretrained`` then writes into ``tokenizer_config.json``. They describe how this process
+#: loaded the tokenizer, not the tokenizer: ``"local_files_only": true`` (set under ``HF_HUB_OFFLINE``) would make
+#: a copy of the folder refuse to download anything, and a token must never be saved.
+LOADING_ONLY_KEYS = ("is_local", "local_files_only", "cache_dir", "force_download", "resume_download", "proxies",
+                     "token", "use_auth_token", "revision", "subfolder", "trust_remote_code", "use_fast",
+                     "user_agent", "_commit_hash", "_from_auto", "_from_pipeline", "name_or_path", "device_map")
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def strip_loading_options(directory: str | Path) -> list[str]:
+    """Remove ``LOADING_ONLY_KEYS`` from ``directory/tokenizer_config.json`` (atomically); the keys removed.
+
+    Call it right after a tokenizer's ``save_pretrained(directory)``; no file, nothing to do.
+    """
+    path = Path(directory) / TOKENIZER_CONFIG
+    if not path.is_file():
+        return []
+    config = json.loads(path.read_text(encoding="utf-8"))
+    removed = [key for key in LOADING_ONLY_KEYS if key in config] if isinstance(config, dict) else []
+    if removed:
+        kept = {key: value for key, value in config.items() if key not in removed}
+        write_atomic(path, json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return removed
+
+
+#: The loggers transformers 5 prints its "LOAD REPORT" table through: ``modeling_utils`` hands its own logger to
+#: ``utils.loading_report.log_state_dict_report``, which logs the table as one warning.
+LOAD_REPORT_LOGGERS = ("transformers.modeling_utils", "transformers.utils.loading_report")
+
+
+@contextmanager
+def load_report_silenced() -> Iterator[None]:
+    """Raise those loggers to ERROR for the block and put their levels back after (the report's own exceptions,
+    conversion errors and unignored size mismatches, still raise)."""
+    loggers = [transformers_logging.get_logger(name) for name in LOAD_REPORT_LOGGERS]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def load_with_new_head(load: Callable[[], tuple[PreTrainedModel, dict[str, Any]]], num_labels: int, field: str,
+                       name: str, log: logging.Logger = logger) -> PreTrainedModel:
+    """Run ``load`` (a ``from_pretrained(..., output_loading_info=True)`` of a backbone with a new classification
+    head) without transformers' LOAD REPORT table, and say what was new in one INFO line instead.
+
+    The table lists the new head as MISSING or MISMATCH, which is expected here and reads like an error. Anything
+    else starting from random weights is a ``ModelError`` (``check_loading_info``), so nothing is hidden.
+    """
+    with load_report_silenced():
+        model, info = load()
+    check_loading_info(model, info, field, name)
+    new = sorted({*info.get("missing_keys", ()), *(item[0] for item in info.get("mismatched_keys", ()))})
+    unused = sorted(info.get("unexpected_keys", ()))
+    extra = f"; {len(unused)} tensor(s) of the checkpoint not used ({listing(unused)})" if unused else ""
+    if new:
+        log.info("new classification head for %d labels: %s; the backbone's weights loaded from %s%s",
+                 num_labels, listing(new, 4), name, extra)
+    else:
+        log.info("all weights loaded from %s, the classification head for %d labels included (its shape fits)%s",
+                 name, num_labels, extra)
+    return model
 
 
 @TASKS.register("text-classification")
@@ -40,10 +114,9 @@ class TextClassification(TaskAdapter):
         try:
             tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
             if section.pretrained:
-                model, info = AutoModelForSequenceClassification.from_pretrained(
+                model = load_with_new_head(lambda: AutoModelForSequenceClassification.from_pretrained(
                     source.location, ignore_mismatched_sizes=True, use_safetensors=True, output_loading_info=True,
-                    **labels, **common)
-                check_loading_info(model, info, MODEL_FIELD, section.name_or_path)
+                    **labels, **common), len(label_names), MODEL_FIELD, section.name_or_path)
             else:
                 config = AutoConfig.from_pretrained(source.location, **labels, **common)
                 model = AutoModelForSequenceClassification.from_config(
@@ -86,7 +159,9 @@ class TextClassification(TaskAdapter):
                            test=encode(data.test, "test"), collator=collator)
 
     def save_processor(self, processor: Any, model: PreTrainedModel, directory: Path) -> None:
+        """The tokenizer, without the loading options transformers writes into ``tokenizer_config.json``."""
         processor.save_pretrained(directory)
+        strip_loading_options(directory)
 
     def check_value(self, role: str, value: Any, where: str) -> None:
         if not isinstance(value, str) or not value.strip():

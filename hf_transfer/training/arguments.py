@@ -3,15 +3,32 @@
 Every ``TrainingArguments`` field passes through unchanged; hf-transfer only fills defaults that
 suit transfer learning (evaluate and checkpoint each epoch, keep the best model, no trackers). The section is
 validated with the rest of the recipe (``hf_transfer.recipe.validate_training_section``).
+
+Tracker logs: the Trainer's ``output_dir`` is ``<output.dir>/checkpoints``, which is removed when a run finishes
+(unless ``output.keep_checkpoints``), so TensorBoard must not write below it (its default,
+``<output_dir>/runs/<date>_<host>``). With ``training.report_to`` naming ``tensorboard`` (or ``all`` with it
+installed), the event files go to ``<output.dir>/logs`` instead: a run entry in the folder's ownership marker,
+never removed at the end, appended to on resume, set aside and put back with the rest of the run on overwrite.
+transformers 5 has no ``TrainingArguments.logging_dir``: its ``TensorBoardCallback`` reads the
+``TENSORBOARD_LOGGING_DIR`` environment variable when the ``Trainer`` is built, so that is what is set here, for the
+claimed run only (``RunFolder.claimed`` puts the previous value back when the run ends). A
+``TENSORBOARD_LOGGING_DIR`` the user exported is respected: the logs go there, and the run folder does not own
+them. ``training.logging_dir`` is refused. The other trackers transformers supports (wandb, mlflow, comet,
+trackio, ...) write where their own library decides (usually a folder in the working directory or a server);
+hf-transfer neither moves nor removes what they write.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError
+from .outputs import LOGS, TENSORBOARD_ENV, claimed_logs_dir, record
+
+logger = logging.getLogger(__name__)
 
 #: Defaults under the user's ``training`` section; task-specific ones come from the task.
 TRANSFER_DEFAULTS: dict[str, Any] = {
@@ -94,10 +111,25 @@ def distributed_state():
     return PartialState(cpu=multi_process_cpu())
 
 
+#: Why ``training.logging_dir`` is refused (transformers 5 removed the field; hf-transfer chooses the folder).
+LOGGING_DIR_REFUSED = ("'training.logging_dir' is not a TrainingArguments field in transformers 5; hf-transfer "
+                       "writes TensorBoard logs to <output.dir>/logs (export TENSORBOARD_LOGGING_DIR to send them "
+                       "elsewhere). Remove training.logging_dir.")
+
+_OUR_LOG_DIRS: set[str] = set()
+"""``TENSORBOARD_LOGGING_DIR`` values set here (one per run folder), told apart from one the user exported."""
+
+
 def build_training_arguments(training: dict[str, Any], output_dir: Path, task_defaults: dict[str, Any]):
-    """Merge defaults, the task's defaults and the recipe's values into ``TrainingArguments``."""
+    """Merge defaults, the task's defaults and the recipe's values into ``TrainingArguments``.
+
+    ``output_dir`` is where the Trainer saves checkpoints, ``<output.dir>/checkpoints`` for a run; when this
+    process has claimed that run folder, TensorBoard logs are routed to ``<output.dir>/logs`` (module docstring).
+    """
     from transformers import TrainingArguments
 
+    if "logging_dir" in training:
+        raise RecipeError(LOGGING_DIR_REFUSED)
     values = {**TRANSFER_DEFAULTS, **task_defaults, **training}
     values.update(output_dir=str(output_dir), remove_unused_columns=False, push_to_hub=False)
     if multi_process_cpu():
@@ -115,9 +147,34 @@ def build_training_arguments(training: dict[str, Any], output_dir: Path, task_de
     if values.get("eval_strategy") != values.get("save_strategy") and values.get("load_best_model_at_end"):
         values["save_strategy"] = values["eval_strategy"]
     try:
-        return TrainingArguments(**values)
+        args = TrainingArguments(**values)
     except (TypeError, ValueError, ImportError) as error:
         raise RecipeError(f"Invalid 'training' section: {shorten(str(error))}") from None
+    route_tracker_logs(args, Path(output_dir))
+    return args
+
+
+def route_tracker_logs(args, checkpoints: Path) -> Path | None:
+    """Point TensorBoard at ``<run>/logs`` and list ``logs`` in the run's marker; returns that folder.
+
+    Only when ``args.report_to`` includes ``tensorboard`` and this process has claimed the run folder around
+    ``checkpoints`` (so a pre-flight check writes nothing, and the processes other than the main one, which log
+    nothing, leave the marker alone). None when nothing was routed: no TensorBoard, not a claimed run folder, or a
+    ``TENSORBOARD_LOGGING_DIR`` of the user's own.
+    """
+    if "tensorboard" not in (args.report_to or []):
+        return None
+    logs = claimed_logs_dir(checkpoints)
+    if logs is None:
+        return None
+    current = os.environ.get(TENSORBOARD_ENV)
+    if current and current not in _OUR_LOG_DIRS:
+        logger.info("%s=%s is set: TensorBoard writes its logs there, not to %s", TENSORBOARD_ENV, current, logs)
+        return None
+    record(logs.parent, LOGS)
+    os.environ[TENSORBOARD_ENV] = str(logs.absolute())
+    _OUR_LOG_DIRS.add(str(logs.absolute()))
+    return logs
 
 
 def shorten(text: str, limit: int = 200) -> str:

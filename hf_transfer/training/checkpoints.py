@@ -11,6 +11,10 @@ complete one (or a fresh start).
 
 Because the Trainer rotates before the manifest is written, ``training.save_total_limit: 1`` may leave no
 complete checkpoint after a kill during a save; the run then starts over, it does not resume from garbage.
+
+The checkpoints live in ``<output.dir>/checkpoints/checkpoint-N`` (the Trainer's ``output_dir`` is
+``<output.dir>/checkpoints``): ``transformers.trainer_utils.get_last_checkpoint(f"{dir}/checkpoints")`` finds them,
+``get_last_checkpoint(dir)`` does not, because the run folder itself holds only the finished model.
 """
 
 from __future__ import annotations

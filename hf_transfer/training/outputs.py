@@ -10,6 +10,14 @@ finished: the old run is set aside in ``.previous`` while the new one trains and
 fails or is interrupted (the unfinished successor then waits in ``.next`` and resumes with the same command).
 Each step of that swap is a rename recorded in the marker, so a run killed mid-swap is repaired by the next
 start. A pid-checked ``.hf_transfer.lock`` keeps two runs out of one folder at once.
+
+What a finished run folder holds (the layout of the transformers example scripts): the model
+(``config.json``, ``model.safetensors``, processor files), ``trainer_state.json`` and ``all_results.json``/
+``train_results.json``/``eval_results.json``/``test_results.json``, hf-transfer's ``recipe.yaml``, ``metrics.json``,
+plots and ``README.md``, and ``logs/`` when a run reports to TensorBoard (kept at the end, across resumes and with
+the run when it is set aside). The Trainer's checkpoints live in ``checkpoints/checkpoint-N`` while training (and
+after, with ``output.keep_checkpoints``): ``transformers.trainer_utils.get_last_checkpoint(f"{dir}/checkpoints")``
+finds them, ``get_last_checkpoint(dir)`` does not, because the run folder itself holds only the finished model.
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ PREVIOUS = ".previous"
 NEXT = ".next"
 STAGING = ".staging"
 CHECKPOINTS = "checkpoints"
+#: Trackers' logs (TensorBoard event files): a run entry like the others, never removed when the run finishes.
+LOGS = "logs"
+#: Where transformers' ``TensorBoardCallback`` writes; read when the ``Trainer`` is built (transformers 5 has no
+#: ``TrainingArguments.logging_dir``). ``RunFolder.claimed`` puts back the value it found when its block ends.
+TENSORBOARD_ENV = "TENSORBOARD_LOGGING_DIR"
 #: Hidden names only hf-transfer writes inside a folder it owns.
 RESERVED = (OWNER_FILE, LOCK_FILE, PREVIOUS, NEXT, STAGING)
 #: Where nothing is ever written, whatever output.dir says.
@@ -177,6 +190,20 @@ def _release_lock(folder: Path) -> None:
         (folder / LOCK_FILE).unlink(missing_ok=True)
 
 
+def holds_claim(folder: Path) -> bool:
+    """Whether this process has claimed ``folder`` (holds its lock) right now."""
+    return bool(_HELD.get(Path(folder).resolve()))
+
+
+def claimed_logs_dir(checkpoints: Path) -> Path | None:
+    """``<run>/logs`` when ``checkpoints`` is ``<run>/checkpoints`` of a run folder this process has claimed, else
+    None (a pre-flight check, another process of the run, a folder that is not a run's)."""
+    checkpoints = Path(checkpoints)
+    if checkpoints.name != CHECKPOINTS or not holds_claim(checkpoints.parent):
+        return None
+    return checkpoints.parent / LOGS
+
+
 # ----------------------------------------------------------------------------- ownership
 @dataclass
 class Owner:
@@ -248,10 +275,11 @@ def _is_temporary_of(name: str, entries: set[str]) -> bool:
 
 #: Folders that hold sub-runs (each with its own marker) and the starting weights of stages.
 CONTAINERS = ("stages", "folds", "learning_curve", "modalities")
-#: What ``checkpoints/`` may hold: the Trainer's checkpoint folders (also while it writes them) and trackers' logs.
+#: What ``checkpoints/`` may hold: the Trainer's checkpoint folders (also while it writes them) and the TensorBoard
+#: logs (``runs``) that an older hf-transfer let the Trainer write there.
 CHECKPOINT_CONTENT = re.compile(r"^(tmp-)?checkpoint-\d+$|^runs$")
 #: Top-level entries of a run that has not finished yet; clearing one removes nothing else.
-UNFINISHED_ENTRIES = (RECIPE_FILE, CHECKPOINTS, "stages.yaml", "scratch", "ranking.json", "ranking.md",
+UNFINISHED_ENTRIES = (RECIPE_FILE, CHECKPOINTS, LOGS, "stages.yaml", "scratch", "ranking.json", "ranking.md",
                       "ranking.png", "learning_curve.png", *CONTAINERS)
 
 
@@ -328,6 +356,11 @@ class RunFolder:
     def checkpoints(self) -> Path:
         return self.path / CHECKPOINTS
 
+    @property
+    def logs(self) -> Path:
+        """TensorBoard's event files (``training.report_to: tensorboard``); see ``training.arguments``."""
+        return self.path / LOGS
+
     def owner(self) -> Owner | None:
         return read_owner(self.path)
 
@@ -381,6 +414,7 @@ class RunFolder:
         """
         nested = bool(_HELD.get(self.path.resolve()))
         self._locked = False
+        tensorboard_dir = os.environ.get(TENSORBOARD_ENV)  # the run may point it at its logs/ (training.arguments)
         try:
             if nested:
                 _acquire_lock(self.path)
@@ -393,6 +427,10 @@ class RunFolder:
                 self._abandon()
             raise
         finally:
+            if tensorboard_dir is None:
+                os.environ.pop(TENSORBOARD_ENV, None)
+            else:
+                os.environ[TENSORBOARD_ENV] = tensorboard_dir
             if self._locked:
                 _release_lock(self.path)
             if self._remove_dir:
@@ -572,7 +610,8 @@ class RunFolder:
         staging.rmdir()
 
     def finish(self, metrics: dict[str, Any], keep_checkpoints: bool) -> None:
-        """Write ``metrics.json`` (the run is finished from then on), then drop what it replaced."""
+        """Write ``metrics.json`` (the run is finished from then on), then drop what it replaced and, unless
+        ``keep_checkpoints``, the Trainer's checkpoints; ``logs/`` and every other run entry stay."""
         self.write_json(METRICS_FILE, metrics)
         owner = self.owner()
         if owner is not None and owner.replacing is not None:
@@ -584,14 +623,30 @@ class RunFolder:
             self._remove_checkpoints()
 
     def _remove_checkpoints(self) -> None:
-        """The Trainer's checkpoints only; a file someone put into ``checkpoints/`` meanwhile stays."""
+        """The Trainer's checkpoints only; a file someone put into ``checkpoints/`` meanwhile stays, and TensorBoard
+        logs an older hf-transfer let the Trainer write to ``checkpoints/runs`` move to ``logs/runs``."""
         for path in self.checkpoints.iterdir():
-            if CHECKPOINT_CONTENT.match(path.name) and path.is_dir() and not path.is_symlink():
+            if not CHECKPOINT_CONTENT.match(path.name) or not path.is_dir() or path.is_symlink():
+                continue
+            if path.name != "runs":
                 shutil.rmtree(path)
+            elif self._logs_ours() and not (self.logs / "runs").exists():
+                record(self.path, LOGS)
+                self.logs.mkdir(exist_ok=True)
+                os.replace(path, self.logs / "runs")
+                logger.info("Moved the TensorBoard logs in %s to %s", path, self.logs / "runs")
         if any(self.checkpoints.iterdir()):
-            logger.warning("Kept %s: it holds files hf-transfer did not write.", self.checkpoints)
+            logger.warning("Kept %s: it holds files hf-transfer did not write (or logs it could not move).",
+                           self.checkpoints)
         else:
             self.checkpoints.rmdir()
+
+    def _logs_ours(self) -> bool:
+        """``logs/`` is absent, or a real folder this run's marker lists."""
+        if self.logs.is_symlink():
+            return False
+        owner = self.owner()
+        return not self.logs.exists() or (self.logs.is_dir() and owner is not None and LOGS in owner.entries)
 
     def _drop_replaced(self) -> None:
         for name in (PREVIOUS, NEXT):

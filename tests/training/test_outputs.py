@@ -430,3 +430,96 @@ def test_output_inside_or_equal_to_the_model_folder_is_refused(tmp_path):
         with pytest.raises(OutputError, match="'model.name_or_path'"):
             check_location(out, sources={"model.name_or_path": model})
     check_location(tmp_path / "out", sources={"model.name_or_path": tmp_path / "out" / "stages" / "a-initial-weights"})
+
+
+# ----------------------------------------------------------------------------- tracker logs (logs/)
+def write_logs(folder: RunFolder, text: str) -> None:
+    """What TensorBoard does in a claimed run with report_to: tensorboard (training.arguments records logs/)."""
+    outputs.record(folder.path, outputs.LOGS)
+    folder.logs.mkdir(exist_ok=True)
+    (folder.logs / f"events.out.tfevents.{text}").write_text(text)
+
+
+def finished_run_with_logs(path: Path, text: str = "old") -> Path:
+    folder = RunFolder(path)
+    with folder.claimed(RECIPE_YAML):
+        write_logs(folder, text)
+        (folder.checkpoints / "checkpoint-3").mkdir(parents=True)
+        staging = folder.staging()
+        (staging / "model.safetensors").write_bytes(text.encode())
+        folder.commit_staging()
+        folder.finish({"run": text}, keep_checkpoints=False)
+    return path
+
+
+def test_finish_removes_the_checkpoints_but_keeps_the_logs(tmp_path):
+    path = finished_run_with_logs(tmp_path / "run")
+    assert not (path / "checkpoints").exists()
+    assert (path / "logs" / "events.out.tfevents.old").read_text() == "old"
+    assert "logs" in read_owner(path).entries
+    before = snapshot(path)
+    with pytest.raises(OutputError, match="finished run"):  # logs/ is ours: the only complaint is the finished run
+        claim(RunFolder(path))
+    assert snapshot(path) == before
+
+
+def test_logs_are_kept_across_a_resume(tmp_path):
+    from test_checkpoints import fake_checkpoint
+
+    folder = RunFolder(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        with folder.claimed(RECIPE_YAML):
+            write_logs(folder, "first")
+            fake_checkpoint(folder.checkpoints, 4)
+            raise KeyboardInterrupt
+    resumed = RunFolder(tmp_path / "run")
+    with resumed.claimed(RECIPE_YAML) as last:
+        assert Path(last) == folder.checkpoints / "checkpoint-4"
+        assert (folder.logs / "events.out.tfevents.first").read_text() == "first"
+        write_logs(resumed, "second")
+        resumed.finish({"ok": True}, keep_checkpoints=False)
+    assert sorted(p.name for p in folder.logs.iterdir()) == ["events.out.tfevents.first", "events.out.tfevents.second"]
+
+
+def test_overwrite_sets_the_logs_aside_and_puts_them_back_if_the_new_run_fails(tmp_path):
+    path = finished_run_with_logs(tmp_path / "run")
+    before = snapshot(path)
+    folder = RunFolder(path, overwrite=True)
+    with pytest.raises(ValueError):
+        with folder.claimed(RECIPE_YAML):
+            assert (path / PREVIOUS / "logs" / "events.out.tfevents.old").is_file() and not folder.logs.exists()
+            write_logs(folder, "new")
+            raise ValueError("the new run failed before its first checkpoint")
+    assert snapshot(path) == before
+
+
+def test_a_finished_replacement_brings_its_own_logs(tmp_path):
+    path = finished_run_with_logs(tmp_path / "run")
+    folder = RunFolder(path, overwrite=True)
+    with folder.claimed(RECIPE_YAML):
+        write_logs(folder, "new")
+        folder.finish({"run": "new"}, keep_checkpoints=False)
+    assert [p.name for p in folder.logs.iterdir()] == ["events.out.tfevents.new"]
+    assert not (path / PREVIOUS).exists()
+
+
+def test_tensorboard_logs_an_older_version_wrote_into_checkpoints_move_to_logs(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    with folder.claimed(RECIPE_YAML):
+        (folder.checkpoints / "checkpoint-2").mkdir(parents=True)
+        (folder.checkpoints / "runs" / "May01_host").mkdir(parents=True)
+        (folder.checkpoints / "runs" / "May01_host" / "events.out.tfevents.1").write_text("old logs")
+        folder.finish({"ok": True}, keep_checkpoints=False)
+    assert not folder.checkpoints.exists()
+    assert (folder.logs / "runs" / "May01_host" / "events.out.tfevents.1").read_text() == "old logs"
+    assert "logs" in read_owner(folder.path).entries
+
+
+def test_a_logs_folder_the_run_did_not_write_is_foreign(tmp_path):
+    path = finished_run(tmp_path / "run")  # no TensorBoard: logs/ is not on the marker
+    (path / "logs").mkdir()
+    (path / "logs" / "mine.txt").write_text("mine")
+    before = snapshot(path)
+    with pytest.raises(OutputError, match="did not write.*logs"):
+        claim(RunFolder(path, overwrite=True))
+    assert snapshot(path) == before
