@@ -106,7 +106,7 @@ def test_register_stamps_the_name_on_classes():
 
 def test_unknown_name_is_a_recipe_error_with_the_closest_name():
     with pytest.raises(RecipeError, match=r"^Unknown strategy 'linear_prob'\. Did you mean 'linear_probe'\? "
-                                          r"Available: full, gradual_unfreeze, layerwise_lr, linear_probe, partial\.$"):
+                                          r"Available: bitfit, full, gradual_unfreeze, layerwise_lr, linear_probe, lora, partial\.$"):
         STRATEGIES.lookup("linear_prob")
 
 

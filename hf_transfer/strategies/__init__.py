@@ -21,5 +21,6 @@ def create_strategy(name: str, options, layout, part_rates: dict[str, float] | N
 
 
 from . import full, gradual_unfreeze, layerwise_lr, linear_probe, partial  # noqa: E402,F401  (registration)
+from . import bitfit, lora  # noqa: E402,F401  (registration; after the others, which keep their order)
 
 __all__ = ["Strategy", "STRATEGIES", "register_strategy", "get_strategy", "create_strategy"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
@@ -62,6 +63,20 @@ class Strategy:
 
     def callbacks(self) -> list[TrainerCallback]:
         return []
+
+    def export_model(self, model: nn.Module) -> nn.Module:
+        """The model to save, from the trained one; called once after training and evaluation (the metrics are
+        measured on the model as trained), before the run folder is written. The default saves it as it is;
+        ``lora`` merges its adapters into the weights."""
+        return model
+
+    def output_entries(self) -> tuple[str, ...]:
+        """Top-level entries ``write_outputs`` adds to the run folder (its ownership marker lists them first)."""
+        return ()
+
+    def write_outputs(self, folder: Path) -> None:
+        """Write ``output_entries`` into the run folder ``folder``, after ``export_model``, on the main process
+        only; called before the run's model folder and ``metrics.json`` are written. The default writes nothing."""
 
     def keep_frozen_modules_in_eval(self, model: nn.Module) -> None:
         """BatchNorm statistics and dropout of frozen parts must not change while the head trains."""

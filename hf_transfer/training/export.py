@@ -17,7 +17,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..card import CardInputs, write_model_card
 from ..data.prepare import PreparedData
@@ -110,7 +110,8 @@ def write_trainer_files(trainer, metrics: dict[str, Any], sizes: dict[str, int],
 
 
 def write_run_outputs(trainer, recipe: Recipe, data: PreparedData, metrics: dict, folder: RunFolder,
-                      write_card: bool = True, model=None) -> None:
+                      write_card: bool = True, model=None,
+                      extra_outputs: Callable[[Path], None] | None = None) -> None:
     """``model`` is what gets saved when it is not ``trainer.model`` (the full model around a head trained on
     cached features)."""
     staging = folder.staging()
@@ -120,6 +121,8 @@ def write_run_outputs(trainer, recipe: Recipe, data: PreparedData, metrics: dict
     else:  # what Trainer.save_model does for a PreTrainedModel in one process (the processor: save_processor below)
         model.save_pretrained(staging)
     get_task(recipe.task).save_processor(trainer.processing_class, model, staging)
+    if extra_outputs is not None:  # e.g. lora's adapter/, committed with the model
+        extra_outputs(staging)
     report = metrics.get("test") or metrics["validation"]
     save_confusion_matrix(report["confusion_matrix"], data.label_names, staging / "confusion_matrix.png")
     has_curves = save_learning_curves(trainer.state.log_history, staging / "learning_curves.png") is not None

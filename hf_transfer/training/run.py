@@ -245,7 +245,10 @@ def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetr
         build, metrics = _train_and_evaluate(recipe, data, folder, resume_from)
         if extra_metrics is not None:
             metrics.update(extra_metrics(build, metrics))
+        # The model to save, from the one measured above (lora: adapters merged into the weights, original names).
+        build.model = build.trainer.strategy.export_model(build.model)
         if build.trainer.is_world_process_zero():
-            write_run_outputs(build.trainer, recipe, data, metrics, folder, write_card=write_card, model=build.model)
+            write_run_outputs(build.trainer, recipe, data, metrics, folder, write_card=write_card, model=build.model,
+                              extra_outputs=build.trainer.strategy.write_outputs)
         build.trainer.accelerator.wait_for_everyone()
     return FinetuneResult(output_dir=folder.path, metrics=metrics, model=build.model, trainer=build.trainer)

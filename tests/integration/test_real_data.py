@@ -45,7 +45,7 @@ def sst2_recipe(out: Path, strategy: str) -> Recipe:
         "strategy": {"name": strategy, **STRATEGY_OPTIONS.get(strategy, {})},
         "training": {"num_train_epochs": 2, "per_device_train_batch_size": 32,
                      "train_sampling_strategy": "group_by_length",
-                     "learning_rate": 3e-3 if strategy == "linear_probe" else 2e-4, "disable_tqdm": True},
+                     "learning_rate": 3e-3 if strategy == "linear_probe" else 2e-3 if strategy in ("lora", "bitfit") else 2e-4, "disable_tqdm": True},
         "output": {"dir": str(out)},
     })
 
