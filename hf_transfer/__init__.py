@@ -4,7 +4,8 @@
     result = finetune(Recipe.from_yaml("recipes/quickstart.yaml", ["training.num_train_epochs=1"]))
 """
 
-from .errors import DataError, HfTransferError, ModelError, OutputError, RecipeError, TrainingError, TrainingInterrupted
+from .errors import (DataError, HfTransferError, HubError, ModelError, OutputError, RecipeError, TrainingError,
+                     TrainingInterrupted)
 from .recipe import Recipe
 
 __version__ = "0.1.0"
@@ -38,12 +39,21 @@ def predict(model_dir, images=None, texts=None, text_pairs=None, top_k: int | No
     return _predict(model_dir, images=images, texts=texts, text_pairs=text_pairs, top_k=top_k)
 
 
-def push(model_dir, repo_id: str, private: bool = False) -> str:
-    """Upload a finished run folder to the Hub (token from HF_TOKEN or ``hf auth login``)."""
+def push(model_dir, repo_id: str, private: bool = False, *, revision: str | None = None, create_pr: bool = False,
+         commit_message: str | None = None, include_subruns: bool = False) -> str:
+    """Upload a finished run folder to the Hub (token from HF_TOKEN or ``hf auth login``); returns the commit URL,
+    or the pull request's with ``create_pr``.
+
+    ``revision``: branch to commit to (created if missing); ``create_pr``: open a pull request instead;
+    ``private``: create the repo private; ``include_subruns``: also upload ``folds/``, ``stages/``,
+    ``learning_curve/``, ``modalities/`` and ``scratch/`` (checkpoints and hidden files never). Network, offline
+    and permission failures raise ``hf_transfer.errors.HubError`` (an ``OutputError``).
+    """
     from .hub import push_folder
 
-    return push_folder(model_dir, repo_id, private=private)
+    return push_folder(model_dir, repo_id, private=private, commit_message=commit_message, revision=revision,
+                       create_pr=create_pr, include_subruns=include_subruns)
 
 
-__all__ = ["Recipe", "finetune", "evaluate", "predict", "push", "HfTransferError", "RecipeError", "DataError", "ModelError",
+__all__ = ["Recipe", "finetune", "evaluate", "predict", "push", "HfTransferError", "RecipeError", "DataError", "ModelError", "HubError",
            "OutputError", "TrainingError", "TrainingInterrupted", "__version__"]

@@ -2,13 +2,17 @@
 
 Rendered through ``huggingface_hub.ModelCard`` so that the YAML metadata is exactly what the Hub
 validates and displays. Only values that name something on the Hub go into the metadata; local
-folders are described in the body instead.
+folders are described in the body by their folder name only (never a path of the machine that trained).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
+from enum import Enum
+from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,23 @@ from .transferability.report import markdown_table, summary
 TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "model_card.md"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: Headline metrics, report key -> (Hub metric type, name shown on the Hub and in the body, ``args``). The metric
+#: types are Hub metric ids (``accuracy``, ``f1``, ``precision``, ``recall``); the average goes into the name and args.
+HEADLINE_METRICS: dict[str, tuple[str, str, dict[str, str] | None]] = {
+    "accuracy": ("accuracy", "Accuracy", None),
+    "precision_macro": ("precision", "Precision (macro)", {"average": "macro"}),
+    "recall_macro": ("recall", "Recall (macro)", {"average": "macro"}),
+    "f1_macro": ("f1", "F1 (macro)", {"average": "macro"}),
+    "f1_weighted": ("f1", "F1 (weighted)", {"average": "weighted"}),
+}
+#: The body's names of the headline metrics (lower-case accuracy, as in the tables).
 HEADLINE_NAMES = {"accuracy": "accuracy", "precision_macro": "precision (macro)", "recall_macro": "recall (macro)",
                   "f1_macro": "F1 (macro)", "f1_weighted": "F1 (weighted)"}
+#: Figures the run writes next to the card, embedded when present: file -> caption.
+RUN_PLOTS = {"confusion_matrix.png": "Confusion matrix (rows: true class, colour: share of the true class)",
+             "learning_curves.png": "Loss and validation accuracy during training"}
+#: Libraries whose versions the card lists (when installed); timm only for models that use it.
+FRAMEWORKS = ("hf-transfer", "transformers", "torch", "timm", "datasets", "tokenizers", "accelerate")
 
 
 @dataclass
@@ -73,6 +92,116 @@ def hub_id(name: str | None) -> str | None:
     return name if _HUB_ID.match(name) else None
 
 
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]+):(.*)$")
+_WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _is_local_path(value: str) -> bool:
+    """Whether ``value`` names a file or folder of this machine rather than a Hub id or a bare name."""
+    if value in (".", "..") or value.startswith(("/", "~", "./", "../", "\\")) or _WINDOWS_PATH.match(value):
+        return True
+    if "\\" in value:
+        return True
+    if "/" not in value:
+        return False  # a bare name ("data", "resnet18") shows the same either way
+    if Path(value).expanduser().exists():
+        return True
+    return not _HUB_ID.match(value)  # "a/b/c": a path; "user/name": a Hub id
+
+
+def display_name(value: Any) -> Any:
+    """What the card shows for a reference: Hub ids, ``pypi:``/``sklearn:`` names and URLs unchanged, a local
+    path as its last component only (``../shared/data/sst2`` -> ``sst2``); ``random:<path>`` keeps its prefix."""
+    if not isinstance(value, str) or not value or "://" in value:
+        return value
+    scheme = None if _WINDOWS_PATH.match(value) else _SCHEME.match(value)
+    if scheme:
+        prefix, rest = scheme.groups()
+        return f"{prefix}:{display_name(rest)}" if rest else value
+    if not _is_local_path(value):
+        return value
+    path = Path(value.replace("\\", "/")).expanduser()
+    return path.name or path.resolve().name or value
+
+
+def _scrub_paths(value: Any, keys: tuple[str, ...] = ()) -> Any:
+    """``value`` (a parsed recipe) with every local path replaced by its folder or file name."""
+    if isinstance(value, dict):
+        return {key: _scrub_paths(item, (*keys, str(key))) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub_paths(item, keys) for item in value]
+    if isinstance(value, str) and keys[-2:] == ("output", "dir"):
+        return Path(value.replace("\\", "/")).name or value  # a run folder, even when it looks like "runs/x"
+    return display_name(value)
+
+
+def public_recipe_yaml(recipe_yaml: str) -> str:
+    """The resolved recipe for the card, local paths shortened to folder names ('' when it is not YAML)."""
+    try:
+        recipe = yaml.safe_load(recipe_yaml)
+    except yaml.YAMLError:
+        return ""
+    if not isinstance(recipe, dict):
+        return ""
+    return yaml.safe_dump(_scrub_paths(recipe), sort_keys=False, allow_unicode=True)
+
+
+def _plain(value: Any) -> Any:
+    """An enum's value (``SchedulerType.COSINE`` -> ``cosine``), also when it arrives as its repr string."""
+    if isinstance(value, Enum):
+        return _plain(value.value)
+    if isinstance(value, str):
+        match = re.fullmatch(r"[A-Z][A-Za-z0-9]*\.([A-Z][A-Z0-9_]*)", value)
+        return match.group(1).lower() if match else value
+    return value
+
+
+def hyperparameter_rows(hyperparameters: dict[str, Any], steps: Any = None) -> list[tuple[str, Any]]:
+    """(name, value) rows of the hyperparameter table: enums by value, floats short, and ``warmup_steps`` as
+    steps or, below 1 (transformers reads it as a share of the training steps), as a warmup ratio."""
+    rows: list[tuple[str, Any]] = []
+    for name, value in hyperparameters.items():
+        value = _plain(value)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name in ("warmup_steps", "warmup_ratio") and number:
+            if value <= 0:
+                rows.append(("warmup", "none"))
+            elif value < 1 or name == "warmup_ratio":
+                total = steps if isinstance(steps, int) and steps > 0 else None
+                of = f" ({math.ceil(value * total)} of {total} optimizer steps)" if total else " of the training steps"
+                rows.append(("warmup", f"ratio {value:g}{of}"))
+            else:
+                rows.append(("warmup", f"{int(value)} steps"))
+            continue
+        rows.append((name, f"{value:g}" if isinstance(value, float) else value))
+    return rows
+
+
+def project_url() -> str | None:
+    """hf-transfer's home page as its package metadata gives it; None when it gives none."""
+    try:
+        meta = package_metadata.metadata("hf-transfer")
+    except package_metadata.PackageNotFoundError:
+        return None
+    urls = [entry.partition(",")[2].strip() for entry in meta.get_all("Project-URL") or []]
+    urls.append((meta.get("Home-page") or "").strip())
+    return next((url for url in urls if url.startswith(("https://", "http://"))), None)
+
+
+def framework_versions(facts: CardFacts) -> list[tuple[str, str]]:
+    """(library, version) of the installed libraries the model was trained with."""
+    uses_timm = facts.library_name == "timm" or "timm" in facts.tags
+    versions = []
+    for name in FRAMEWORKS:
+        if name == "timm" and not uses_timm:
+            continue
+        try:
+            versions.append((name, package_metadata.version(name)))
+        except package_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
 def _percent(value: float) -> str:
     return f"{value:.2%}"
 
@@ -87,16 +216,18 @@ def _metadata(inputs: CardInputs, split: str, report: dict[str, Any]):
     bases = [b for b in (hub_id(b) for b in inputs.base_models) if b]
     base = (bases[0] if len(bases) == 1 else bases) or None
     datasets = [d for d in (hub_id(d) for d in inputs.datasets) if d]
-    dataset_type = datasets[0] if datasets else Path(inputs.datasets[0]).name
+    dataset_type = datasets[0] if datasets else display_name(inputs.datasets[0]) if inputs.datasets else "unknown"
     eval_results = [
         EvalResult(task_type=inputs.task, dataset_type=dataset_type, dataset_name=dataset_type, dataset_split=split,
-                   metric_type=metric, metric_name=HEADLINE_NAMES[metric], metric_value=round(report[metric], 4))
-        for metric in HEADLINE_NAMES
+                   metric_type=metric_type, metric_name=name, metric_args=args, metric_value=round(report[key], 4))
+        for key, (metric_type, name, args) in HEADLINE_METRICS.items() if key in report
     ]
     facts = inputs.task_facts()
     tags = ["hf-transfer", "transfer-learning", inputs.strategy.replace("_", "-"), *facts.tags, *inputs.tags]
+    metric_types = list(dict.fromkeys(metric_type for metric_type, _, _ in HEADLINE_METRICS.values()))
     return ModelCardData(
-        license=inputs.license, library_name=facts.library_name, pipeline_tag=facts.pipeline_tag or None, base_model=base, datasets=datasets or None, metrics=list(HEADLINE_NAMES),
+        license=inputs.license, library_name=facts.library_name, pipeline_tag=facts.pipeline_tag or None,
+        base_model=base, datasets=datasets or None, metrics=metric_types,
         tags=list(dict.fromkeys(tags)), model_name=inputs.model_name, eval_results=eval_results)
 
 
@@ -170,7 +301,8 @@ def protocol_rows(metrics: dict[str, Any]) -> dict[str, Any]:
     lineage = []
     for entry in metrics.get("stages", []):
         split = "test" if "test" in entry["metrics"] else "validation"
-        lineage.append({"stage": entry["stage"], "data": entry["data"], "started_from": entry["started_from"],
+        lineage.append({"stage": entry["stage"], "data": display_name(entry["data"]),
+                        "started_from": display_name(entry["started_from"]),
                         "accuracy": _percent(entry["metrics"][split]["accuracy"]), "split": split})
     forgetting = metrics.get("forgetting")
     if forgetting:
@@ -178,7 +310,8 @@ def protocol_rows(metrics: dict[str, Any]) -> dict[str, Any]:
                       "after": _percent(forgetting["accuracy_after"]), "change": _points(forgetting["accuracy_change"])}
     folds = metrics.get("cross_validation")
     cv_rows = [] if not folds else [
-        (name, f"{row['mean']:.4f} ± {row['std']:.4f}") for name, row in folds["metrics"].items()
+        (f"{name.split('.')[0]} {HEADLINE_NAMES[name.split('.')[-1]]}", f"{row['mean']:.4f} ± {row['std']:.4f}")
+        for name, row in folds["metrics"].items()
         if name.split(".")[0] in ("validation", "test") and name.split(".")[-1] in HEADLINE_NAMES]
     curve = metrics.get("learning_curve")
     curve_rows = [] if not curve else [
@@ -190,10 +323,13 @@ def protocol_rows(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def selection_rows(metrics: dict[str, Any]) -> dict[str, str] | None:
-    """``model.name_or_path: auto``: the candidates' transferability table (``metrics['backbone_selection']``)."""
+    """``model.name_or_path: auto``: the candidates' transferability table (``metrics['backbone_selection']``),
+    local candidates and data by folder name."""
     if not metrics.get("backbone_selection"):
         return None
     ranking = Ranking.from_dict(metrics["backbone_selection"])
+    ranking = dataclasses.replace(ranking, data=display_name(ranking.data), results=[
+        dataclasses.replace(result, candidate=display_name(result.candidate)) for result in ranking.results])
     return {"summary": summary(ranking), "table": markdown_table(ranking)}
 
 
@@ -202,8 +338,21 @@ def _strategy_text(options: dict[str, Any]) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")" if settings else ""
 
 
-def render_model_card(inputs: CardInputs):
-    """A ``huggingface_hub.ModelCard`` for ``inputs`` (not yet written anywhere)."""
+def run_plots(inputs: CardInputs, folder: Path | None) -> list[tuple[str, str]]:
+    """(file, caption) of the run's figures to embed: those in ``folder``; without a folder, the confusion matrix
+    (every run writes it) and the learning curves when ``data_summary['has_learning_curves_png']`` says so."""
+    if folder is not None:
+        present = {name for name in RUN_PLOTS if (Path(folder) / name).is_file()}
+    else:
+        present = {"confusion_matrix.png"} if inputs.data_summary.get("has_confusion_matrix_png", True) else set()
+        if inputs.data_summary.get("has_learning_curves_png"):
+            present.add("learning_curves.png")
+    return [(name, caption) for name, caption in RUN_PLOTS.items() if name in present]
+
+
+def render_model_card(inputs: CardInputs, folder: Path | None = None):
+    """A ``huggingface_hub.ModelCard`` for ``inputs`` (not yet written anywhere); ``folder``: where the run's
+    figures are, to embed those that exist."""
     from huggingface_hub import ModelCard
 
     metrics = inputs.metrics
@@ -213,7 +362,7 @@ def render_model_card(inputs: CardInputs):
     train = metrics.get("train", {})
     described = []
     for base in inputs.base_models:
-        text = f"`{base}`"
+        text = f"`{display_name(base)}`"
         base_hub = hub_id(base)
         if base_hub and base_hub != base:
             text += f" (the weights of [{base_hub}](https://huggingface.co/{base_hub}))"
@@ -235,19 +384,30 @@ def render_model_card(inputs: CardInputs):
         strategy_text=_strategy_text(inputs.strategy_options),
         per_class=[{"name": name, "precision": f"{row['precision']:.3f}", "recall": f"{row['recall']:.3f}",
                     "f1": f"{row['f1']:.3f}", "support": row["support"]} for name, row in report["per_class"].items()],
-        has_learning_curves=bool(summary.get("has_learning_curves_png")),
-        how_to_use=facts.how_to_use, base_model_text=base_text, dataset_text=", ".join(f"`{d}`" for d in inputs.datasets), split_text=split_text,
+        plots=run_plots(inputs, folder),
+        how_to_use=facts.how_to_use, base_model_text=base_text,
+        dataset_text=", ".join(f"`{display_name(d)}`" for d in inputs.datasets) or "not recorded",
+        split_text=split_text,
         num_labels=len(inputs.label_names), labels_text=", ".join(inputs.label_names[:50])
         + (" ..." if len(inputs.label_names) > 50 else ""),
         input_text=facts.input_text, missing_text=missing_text(metrics, data_section),
-        class_weights_text=class_weights_text(metrics, data_section), hyperparameters=list(inputs.hyperparameters.items()),
-        runtime=f"{train.get('runtime_s', 0):.0f} s", steps=train.get("steps", "?"), epochs=train.get("epochs", "?"),
-        recipe_yaml=inputs.recipe_yaml, selection=selection_rows(metrics), **protocol_rows(metrics),
+        class_weights_text=class_weights_text(metrics, data_section),
+        hyperparameters=hyperparameter_rows(inputs.hyperparameters, train.get("steps")),
+        runtime=f"{train.get('runtime_s', 0):.0f} s", steps=train.get("steps", "?"), epochs=_epochs(train.get("epochs")),
+        recipe_yaml=public_recipe_yaml(inputs.recipe_yaml), selection=selection_rows(metrics),
+        project_url=project_url(), frameworks=framework_versions(facts), **protocol_rows(metrics),
     )
 
 
+def _epochs(value: Any) -> str:
+    """``1 epoch``, ``2.5 epochs``, ``? epochs``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g} epoch" + ("" if value == 1 else "s")
+    return "? epochs"
+
+
 def write_model_card(inputs: CardInputs, directory: Path) -> Path:
-    """Render and save ``README.md`` in ``directory``."""
+    """Render and save ``README.md`` in ``directory``, embedding the figures already written there."""
     path = Path(directory) / "README.md"
-    render_model_card(inputs).save(path)
+    render_model_card(inputs, folder=Path(directory)).save(path)
     return path

@@ -1,4 +1,4 @@
-"""``hf-transfer`` command line: finetune, check, evaluate, rank, bench, push.
+"""hf-transfer command line: finetune, check, evaluate, predict, rank, bench, push.
 
 Mistakes a user can fix (recipe, data, model, output folder) print one message and exit with
 code 2; ``--debug`` shows the traceback.
@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -18,6 +19,7 @@ from .registry import load_plugins
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+_DEFAULT_COMMIT_MESSAGE = "Upload model trained with hf-transfer"  # hub.DEFAULT_COMMIT_MESSAGE, without importing hub
 
 # Each command imports what it runs inside its function: `hf-transfer --help`, `check` of a bad recipe and the
 # error paths stay free of torch, transformers and datasets, which take seconds to import.
@@ -48,9 +50,12 @@ def cmd_finetune(args) -> int:
 
     from .training.arguments import distributed_state
 
-    result = finetune(_load_recipe(args))
+    recipe = _load_recipe(args)
+    started = time.monotonic()
+    result = finetune(recipe)
     if distributed_state().is_main_process:
-        _print_summary(result.metrics, result.output_dir)
+        pushed = recipe.output.hub_model_id if recipe.output.push_to_hub else None
+        _print_summary(result.metrics, result.output_dir, wall_s=time.monotonic() - started, pushed_to=pushed)
     return 0
 
 
@@ -93,7 +98,8 @@ def cmd_predict(args) -> int:
 def cmd_push(args) -> int:
     from .hub import push_folder
 
-    print(push_folder(args.model_dir, args.repo_id, private=args.private))
+    print(push_folder(args.model_dir, args.repo_id, private=args.private, commit_message=args.commit_message,
+                      revision=args.revision, create_pr=args.create_pr, include_subruns=args.include_subruns))
     return 0
 
 
@@ -162,7 +168,22 @@ def _claim_rank_folder(output: Path) -> None:
     record(output, JSON_FILE, MARKDOWN_FILE, PLOT_FILE, claim=True)
 
 
-def _print_summary(metrics: dict, output_dir) -> None:
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _print_summary(metrics: dict, output_dir, wall_s: float | None = None, pushed_to: str | None = None) -> None:
+    """Results, how long it took, and where the model is with the commands that use it.
+
+    ``wall_s``: the whole command's wall time (``metrics['wall_s']`` when the metrics carry one); the training
+    time alone comes from ``metrics['train']['runtime_s']``. ``pushed_to``: the Hub repo the run was pushed to.
+    """
     def line(name: str, report: dict | None) -> None:
         if report:
             print(f"  {name:<24} accuracy {report['accuracy']:.2%}  macro-F1 {report['f1_macro']:.2%}")
@@ -181,10 +202,30 @@ def _print_summary(metrics: dict, output_dir) -> None:
         gain = modalities["fusion_gain"]
         print(f"  {'fusion gain':<24} accuracy {gain['accuracy']:+.2%}  macro-F1 {gain['f1_macro']:+.2%}"
               "  (fused minus the best single input)")
+    wall = metrics.get("wall_s", wall_s)
+    training = (metrics.get("train") or {}).get("runtime_s")
+    if wall is not None:
+        print(f"Wall time {_duration(wall)}" + (f" (training {_duration(training)})." if training else "."))
+    elif training:
+        print(f"Training time {_duration(training)}.")
+    folder = str(output_dir)
+    print(f"Model folder: {folder} (model card with how to load it: {Path(folder) / 'README.md'})")
+    print(f"  predict: hf-transfer predict {folder} --image PATH | --text TEXT")
+    if pushed_to:
+        print(f"  on the Hub: https://huggingface.co/{pushed_to}")
+    else:
+        print(f"  push:    hf-transfer push {folder} user/model-name")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="hf-transfer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                         help="import MODULE (on the Python path) first, so that the strategies, methods, tasks or "
@@ -198,13 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_arguments(check)
     check.set_defaults(run=cmd_check)
     evaluate = commands.add_parser("evaluate", help="evaluate a saved model folder on labelled data")
-    evaluate.add_argument("model_dir")
+    evaluate.add_argument("model_dir", help="a model folder written by hf-transfer")
     evaluate.add_argument("--data", required=True, help="dataset id, folder or file")
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--split", default="test",
+                          help="split to evaluate (default: test; the run's own test subset when the data is the "
+                               "run's)")
+    evaluate.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default: 64)")
     evaluate.add_argument("--output", help="write the JSON report here (a new file unless --overwrite)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                          help="override a field of the run's recipe, e.g. --set data.max_test_samples=null "
+                               "(repeatable)")
     evaluate.set_defaults(run=cmd_evaluate)
     bench = commands.add_parser("bench", help="throughput and memory against a raw loop and a naive Trainer")
     bench.add_argument("--quick", action="store_true", help="few steps, one repeat (a smoke run of ~3 minutes)")
@@ -236,10 +281,25 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the second text of a pair, one per --text")
     predict.add_argument("--top-k", type=int, default=None, help="labels per example, best first (default: all)")
     predict.set_defaults(run=cmd_predict)
-    push = commands.add_parser("push", help="upload a finished model folder to the Hub")
-    push.add_argument("model_dir")
-    push.add_argument("repo_id", help="Hub repo id, e.g. user/model-name")
-    push.add_argument("--private", action="store_true")
+    push = commands.add_parser(
+        "push", help="upload a finished model folder to the Hub",
+        description="Upload a finished model folder to the Hugging Face Hub (token from HF_TOKEN or `hf auth "
+                    "login`). Uploads the run's own model and files; checkpoints, hidden files and, unless "
+                    "--include-subruns, the sub-runs are left out.")
+    push.add_argument("model_dir", help="a finished model folder written by hf-transfer")
+    push.add_argument("repo_id", help="Hub repo id, e.g. user/model-name (created if it does not exist)")
+    push.add_argument("--private", action="store_true",
+                      help="create the repo private (an existing repo keeps its visibility)")
+    push.add_argument("--revision", metavar="BRANCH",
+                      help="branch to commit to, created from main if missing (default: main); with --create-pr, "
+                           "the existing branch the pull request targets")
+    push.add_argument("--create-pr", action="store_true",
+                      help="open a pull request with the upload instead of committing to the branch")
+    push.add_argument("--commit-message", metavar="TEXT",
+                      help=f"commit (or pull request) title (default: '{_DEFAULT_COMMIT_MESSAGE}')")
+    push.add_argument("--include-subruns", action="store_true",
+                      help="also upload the sub-runs: folds/, stages/, learning_curve/, modalities/ and scratch/ "
+                           "(their checkpoints never)")
     push.set_defaults(run=cmd_push)
     return parser
 

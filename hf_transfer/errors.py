@@ -23,6 +23,13 @@ class OutputError(HfTransferError):
     """The output folder holds something that must not be overwritten."""
 
 
+class HubError(OutputError):
+    """The Hugging Face Hub cannot be reached or refuses a push (network, offline mode, token, permissions).
+
+    A subclass of ``OutputError`` (the push target is where the run's output goes), so callers that catch
+    ``OutputError`` keep working."""
+
+
 class TrainingError(HfTransferError):
     """Training itself went wrong in a way the recipe can fix (e.g. the loss became NaN)."""
 

@@ -131,3 +131,137 @@ def test_class_weights_line_in_the_training_section():
     assert "class-weighted cross-entropy" in training
     card_inputs.recipe_yaml = "data:\n  path: d\n  class_weights: [0.75, 1.5]\n"
     assert "cat 0.75, dog 1.5 (from the recipe)" in render_model_card(card_inputs).text
+
+
+# --- Hub conventions: plain hyperparameters, no local paths, Hub metric types, embedded plots, no placeholder link
+
+
+def test_hyperparameters_show_enum_values_and_a_warmup_ratio():
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    card_inputs = inputs(None, ["d"], with_facts=False)
+    card_inputs.hyperparameters = {"learning_rate": 5e-5, "lr_scheduler_type": SchedulerType.COSINE,
+                                   "optim": OptimizerNames.ADAMW_TORCH_FUSED, "warmup_steps": 0.1}
+    body = render_model_card(card_inputs).text
+    assert "| lr_scheduler_type | cosine |" in body and "| optim | adamw_torch_fused |" in body
+    assert "SchedulerType" not in body and "OptimizerNames" not in body
+    assert "| warmup | ratio 0.1 (3 of 30 optimizer steps) |" in body  # 30 steps in the metrics
+    assert "warmup_steps" not in body
+    card_inputs.hyperparameters = {"warmup_steps": 50, "lr_scheduler_type": "SchedulerType.LINEAR"}
+    body = render_model_card(card_inputs).text
+    assert "| warmup | 50 steps |" in body and "| lr_scheduler_type | linear |" in body
+
+
+def test_local_paths_show_only_their_folder_name(tmp_path):
+    from huggingface_hub import ModelCard
+
+    backbone = tmp_path / "models" / "my-backbone"
+    backbone.mkdir(parents=True)
+    card_inputs = inputs(str(backbone), ["../shared/data/sst2"])
+    card_inputs.recipe_yaml = (f"task: image-classification\nmodel:\n  name_or_path: {backbone}\ndata:\n"
+                               "  path: ../shared/data/sst2\n  data_files:\n    train: /home/me/data/train.csv\n"
+                               "output:\n  dir: runs/sst2\n  hub_model_id: me/pets\n")
+    card_inputs.metrics["stages"] = [{"stage": "one", "data": "../shared/data/sst2 (default)",
+                                      "started_from": "~/models/start", "metrics": {"test": report(0.7)}}]
+    path = write_model_card(card_inputs, tmp_path)
+    text = path.read_text(encoding="utf-8")
+    for leak in (str(tmp_path), "../shared", "shared/data", "/home/me", "~/models", "runs/sst2"):
+        assert leak not in text, leak
+    assert "- **Data:** `sst2`;" in text and "`my-backbone`" in text
+    assert "path: sst2" in text and "name_or_path: my-backbone" in text and "train: train.csv" in text
+    assert "hub_model_id: me/pets" in text  # Hub ids stay
+    assert "| one | `sst2 (default)` | start |" in text
+    data = ModelCard.load(path).data.to_dict()
+    assert data["model-index"][0]["results"][0]["dataset"] == {"name": "sst2", "type": "sst2", "split": "test"}
+
+
+def test_display_name_keeps_hub_ids_and_shortens_paths():
+    from hf_transfer.card import display_name
+
+    assert display_name("uoft-cs/cifar10") == "uoft-cs/cifar10"
+    assert display_name("pypi:all-MiniLM-L6-v2") == "pypi:all-MiniLM-L6-v2"
+    assert display_name("sklearn:digits") == "sklearn:digits"
+    assert display_name("random:./models/tiny") == "random:tiny"
+    assert display_name("../shared/data/sst2") == "sst2"
+    assert display_name("/abs/data/cifar10/") == "cifar10"
+    assert display_name("C:\\Users\\me\\data") == "data"
+    assert display_name("a/b/c") == "c"
+    assert display_name("https://example.org/data.csv") == "https://example.org/data.csv"
+
+
+def test_metric_types_are_hub_metric_ids_with_the_average_in_args():
+    card = render_model_card(inputs(None, ["uoft-cs/cifar10"]))
+    data = card.data.to_dict()
+    assert data["metrics"] == ["accuracy", "precision", "recall", "f1"]
+    metrics = data["model-index"][0]["results"][0]["metrics"]
+    assert {m["type"] for m in metrics} == {"accuracy", "precision", "recall", "f1"}
+    by_name = {m["name"]: m for m in metrics}
+    assert by_name["F1 (macro)"]["type"] == "f1" and by_name["F1 (macro)"]["args"] == {"average": "macro"}
+    assert by_name["F1 (weighted)"]["args"] == {"average": "weighted"}
+    assert by_name["Precision (macro)"]["value"] == 0.5 and "args" not in by_name["Accuracy"]
+    assert not any("_" in m["type"] for m in metrics)
+
+
+def test_plots_are_embedded_when_their_files_exist(tmp_path):
+    card_inputs = inputs(None, ["d"], with_facts=False)
+    (tmp_path / "confusion_matrix.png").write_bytes(b"png")
+    text = write_model_card(card_inputs, tmp_path).read_text(encoding="utf-8")
+    assert "](confusion_matrix.png)" in text and "learning_curves.png" not in text
+    (tmp_path / "learning_curves.png").write_bytes(b"png")
+    text = write_model_card(card_inputs, tmp_path).read_text(encoding="utf-8")
+    assert "](confusion_matrix.png)" in text and "](learning_curves.png)" in text
+    # the images come right after the results table, before the per-class table
+    results = text.split("## Results")[1].split("### Per class")[0]
+    assert "![" in results and "](learning_curves.png)" in results
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "![" not in write_model_card(card_inputs, empty).read_text(encoding="utf-8")
+
+
+def test_the_card_reads_like_a_hub_card_and_links_no_placeholder():
+    text = render_model_card(inputs("timm/mobilenetv2_100.ra_in1k", ["d"])).text
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == ["## Results", "## How to use", "## Intended uses and limitations", "## Training"]
+    assert "### Framework versions" in text and "- transformers " in text
+    assert "github.com/hf-transfer/hf-transfer" not in text
+    assert "Trained with hf-transfer." in text or "Trained with [hf-transfer](http" in text
+
+
+def test_confusion_matrix_title_fits_for_two_classes(tmp_path, monkeypatch):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from hf_transfer.evaluation import plots
+
+    figures = []
+    make = plots.new_figure
+    monkeypatch.setattr(plots, "new_figure", lambda *a, **k: figures.append(make(*a, **k)) or figures[-1])
+    for labels in (["cat", "dog"], ["negative", "a rather long class name"]):
+        plots.save_confusion_matrix([[16004, 4], [8, 12]], labels, tmp_path / "cm.png")
+        figure = figures[-1]
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        figure.draw(renderer)
+        box = figure.bbox
+        texts = [t for t in figure.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_window_extent"))
+                 if t.get_visible() and t.get_text()]
+        assert any("Confusion matrix" in t.get_text() for t in texts)
+        for text in texts:
+            extent = text.get_window_extent(renderer)
+            assert box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1, (text.get_text(), extent, box)
+            assert box.y0 - 1 <= extent.y0 and extent.y1 <= box.y1 + 1, (text.get_text(), extent, box)
+
+
+def test_backbone_selection_names_local_candidates_by_folder(tmp_path):
+    card_inputs = inputs(None, ["d"], with_facts=False)
+    local = str(tmp_path / "models" / "tiny_timm")
+    card_inputs.metrics["backbone_selection"] = {
+        "results": [{"candidate": local, "scores": {"logme": 1.5}, "rank": 1},
+                    {"candidate": f"random:{local}", "scores": {"logme": 0.5}, "rank": 2},
+                    {"candidate": "timm/resnet18.a1_in1k", "scores": {"logme": 0.1}, "rank": 3}],
+        "rank_by": "logme", "task": "image-classification", "data": "../shared/data/cifar10", "num_samples": 24,
+        "num_classes": 3}
+    text = render_model_card(card_inputs).text
+    selection = text.split("### Backbone selection")[1].split("### Per class")[0]
+    assert "`tiny_timm`" in selection and "`random:tiny_timm`" in selection and "`timm/resnet18.a1_in1k`" in selection
+    assert "examples of cifar10" in selection
+    assert str(tmp_path) not in text and "../shared" not in text

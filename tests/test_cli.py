@@ -103,3 +103,72 @@ def test_summary_shows_each_input_alone_and_the_fusion_gain(capsys):
     assert any("fusion gain" in line and "+10.00%" in line and "+3.00%" in line for line in lines)
     _print_summary({"test": report}, "out")
     assert "fusion gain" not in capsys.readouterr().out
+
+
+def _subcommands() -> dict:
+    import argparse
+
+    from hf_transfer.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {"": parser, **commands.choices}
+
+
+def test_version(capsys):
+    import hf_transfer
+
+    with pytest.raises(SystemExit) as exited:
+        run_cli(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hf-transfer {hf_transfer.__version__}"
+
+
+def test_help_of_every_command_has_no_rst_backticks(capsys):
+    commands = _subcommands()
+    assert {"finetune", "check", "evaluate", "predict", "push", "rank", "bench"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as exited:
+            run_cli([name, "--help"] if name else ["--help"])
+        assert exited.value.code == 0
+        text = capsys.readouterr().out
+        assert "usage: hf-transfer" in text and "``" not in text, f"hf-transfer {name} --help:\n{text}"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "push", "predict"])
+def test_every_argument_has_help(command):
+    parser = _subcommands()[command]
+    missing = [action.dest for action in parser._actions if not action.help]
+    assert not missing, f"hf-transfer {command}: no help for {missing}"
+
+
+def test_push_options_reach_push_folder(monkeypatch, tmp_path, capsys):
+    import hf_transfer.hub
+
+    seen = {}
+    monkeypatch.setattr(hf_transfer.hub, "push_folder", lambda *args, **kwargs: seen.update(args=args, **kwargs)
+                        or "https://huggingface.co/me/model/discussions/3")
+    assert run_cli(["push", str(tmp_path), "me/model", "--revision", "dev", "--create-pr", "--commit-message",
+                    "Fold results", "--private", "--include-subruns"]) == 0
+    assert capsys.readouterr().out.strip() == "https://huggingface.co/me/model/discussions/3"
+    assert seen == {"args": (str(tmp_path), "me/model"), "private": True, "commit_message": "Fold results",
+                    "revision": "dev", "create_pr": True, "include_subruns": True}
+    assert run_cli(["push", str(tmp_path), "me/model"]) == 0
+    assert seen["revision"] is None and seen["create_pr"] is False and seen["include_subruns"] is False
+    assert seen["commit_message"] is None and seen["private"] is False
+
+
+def test_summary_gives_the_times_and_how_to_use_the_folder(capsys):
+    from hf_transfer.cli import _print_summary
+
+    report = {"accuracy": 0.8, "f1_macro": 0.75}
+    _print_summary({"test": report, "train": {"runtime_s": 65.2}}, Path("runs/pets"), wall_s=83.4)
+    out = capsys.readouterr().out
+    assert "Wall time 1 min 23 s (training 1 min 05 s)." in out
+    assert "Model folder: runs/pets" in out
+    assert "hf-transfer predict runs/pets --image PATH | --text TEXT" in out
+    assert "hf-transfer push runs/pets user/model-name" in out
+    _print_summary({"test": report, "wall_s": 7200.0}, "out", pushed_to="me/pets")
+    out = capsys.readouterr().out
+    assert "Wall time 2 h 00 min." in out and "https://huggingface.co/me/pets" in out
+    assert "hf-transfer push" not in out

@@ -11,9 +11,9 @@ from matplotlib.figure import Figure
 MAX_LABELLED_CLASSES = 30
 
 
-def new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float, layout: str | None = None) -> Figure:
     """A figure outside pyplot: no global backend switch (a notebook keeps its own) and nothing to close."""
-    return Figure(figsize=(width, height))
+    return Figure(figsize=(width, height), layout=layout)
 
 
 def save_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence[str], path: Path) -> Path:
@@ -25,7 +25,13 @@ def save_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence
     normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     size = len(label_names)
     side = min(20.0, max(4.0, 0.45 * size + 2))
-    figure = new_figure(side, side)
+    longest = max((len(str(name)) for name in label_names), default=0) if size <= MAX_LABELLED_CLASSES else 0
+    # Room for the colour bar and the y tick labels beside the square matrix, and never narrower than the title:
+    # with few classes the matrix alone is narrower than "Confusion matrix / N examples, accuracy X%".
+    width = min(24.0, max(5.5, side + 1.5 + 0.07 * min(longest, 40)))
+    # Constrained layout places the title, tick labels and colour bar inside the figure (tight_layout can cut a
+    # title that is wider than a small matrix).
+    figure = new_figure(width, side + 0.6, layout="constrained")
     axes = figure.subplots()
     image = axes.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
@@ -41,8 +47,7 @@ def save_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence
     axes.set_ylabel("true")
     total = counts.sum()
     accuracy = np.trace(counts) / total if total else 0.0
-    axes.set_title(f"Confusion matrix\n{int(total)} examples, accuracy {accuracy:.1%}")
-    figure.tight_layout()
+    figure.suptitle(f"Confusion matrix\n{int(total)} examples, accuracy {accuracy:.1%}")
     figure.savefig(path, dpi=100)
     return path
 
