@@ -250,15 +250,40 @@ class CachedHeadModel(nn.Module):
 
     Only the head's modules are registered as children: ``Trainer`` walks the module tree at every step
     (``train()``, ``zero_grad``, gradient clipping), and walking a frozen backbone's hundreds of modules
-    took longer than the head's own forward and backward.
+    took longer than the head's own forward and backward. Each is registered at its path in the full model
+    (``classifier``, ``timm_model.fc``), so its parameters keep their names: the strategy's learning rates
+    (``strategy.learning_rates``) and the weight-decay exclusions, both keyed by name, apply as without the cache.
     """
 
     def __init__(self, model: nn.Module, adapter: HeadAdapter) -> None:
         super().__init__()
-        self.head = nn.ModuleList(adapter.head_modules(model))
         object.__setattr__(self, "model", model)  # outside the module tree (shares the head's modules)
         self.adapter = adapter
         self.config = model.config
+        paths = {id(module): name for name, module in model.named_modules() if name}
+        for index, module in enumerate(adapter.head_modules(model)):
+            self._mount(paths.get(id(module)) or f"head_{index}", module)
+
+    def _mount(self, path: str, module: nn.Module) -> None:
+        """Register ``module`` at the dotted ``path`` of the full model, with empty containers in between; at
+        ``head_<n>`` where something of this wrapper's own (``model``, ``adapter``, ``config``) holds that name."""
+        owner: nn.Module = self
+        *parents, leaf = path.split(".")
+        for part in parents:
+            child = owner._modules.get(part)
+            if child is None and not hasattr(owner, part):
+                child = nn.Module()
+                owner.add_module(part, child)
+            if child is None:
+                owner, leaf = self, f"head_{len(self._modules)}"
+                break
+            owner = child
+        existing = owner._modules.get(leaf)
+        if existing is module:
+            return
+        if existing is not None or hasattr(owner, leaf):
+            owner, leaf = self, f"head_{len(self._modules)}"
+        owner.add_module(leaf, module)
 
     def state_dict(self, *args, **kwargs):
         """Contiguous tensors: checkpoints go through safetensors, which refuses channels_last weights."""

@@ -173,8 +173,10 @@ class FusionSection:
     """``mean`` over tokens (what sentence-transformers encoders are trained for) or the first token."""
 
     def __post_init__(self) -> None:
-        _require(self.kind in FUSIONS, f"'model.fusion.kind' = {short(self.kind)} is not a fusion; "
-                 f"available: {', '.join(FUSIONS)}.")
+        if self.kind not in FUSIONS:
+            hint = closest(self.kind, FUSIONS)
+            raise RecipeError(f"'model.fusion.kind' = {short(self.kind)} is not a fusion."
+                              + (f" Did you mean '{hint}'?" if hint else "") + f" Available: {', '.join(FUSIONS)}.")
         _require(1 <= self.hidden_size <= 65536, f"'model.fusion.hidden_size' must be a positive size; got {self.hidden_size}.")
         _require(0 <= self.dropout < 1, f"'model.fusion.dropout' is a probability in [0, 1); got {self.dropout}.")
         _require(0 <= self.modality_dropout < 1,

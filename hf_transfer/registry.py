@@ -112,9 +112,9 @@ TASKS: Registry[type] = Registry("task", ("hf_transfer.tasks.image", "hf_transfe
                                           "hf_transfer.tasks.image_text"))
 """Task adapters (one per modality), e.g. ``image-classification``."""
 STRATEGIES: Registry[type] = Registry("strategy", ("hf_transfer.strategies",))
-"""How fused models combine their towers' features (``model.fusion.kind``)."""
-FUSIONS: Registry[type] = Registry("fusion", ("hf_transfer.tasks.fusion",))
 """``Strategy`` subclasses: how the pretrained weights train."""
+FUSIONS: Registry[type] = Registry("fusion", ("hf_transfer.tasks.fusion",))
+"""How fused models combine their towers' features (``model.fusion.kind``)."""
 METHODS: Registry[type] = Registry("method", ("hf_transfer.methods",))
 """``Method`` subclasses: what else a run learns from."""
 SCORES: Registry[Any] = Registry("score", ("hf_transfer.transferability",))

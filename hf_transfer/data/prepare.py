@@ -208,17 +208,17 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
     missing_counts: dict[str, dict[str, int]] = {}
     # Only a task that reads several inputs can do without one of them (data.missing_modality).
     several = len([role for role in input_roles if role in columns and role != "text_pair"]) > 1
-    missing = {"error": "error", "skip": "skip", "learn": "keep"}[section.missing_modality] if several else "bad"
+    missing_policy = {"error": "error", "skip": "skip", "learn": "keep"}[section.missing_modality] if several else "bad"
 
     def checked(split: Dataset, split_name: str) -> Dataset:
-        missing = [c for c in keep if c not in split.column_names]
-        if missing:
-            raise DataError(f"The {split_name} split lacks column(s) {', '.join(missing)}. "
+        absent = [c for c in keep if c not in split.column_names]
+        if absent:
+            raise DataError(f"The {split_name} split lacks column(s) {', '.join(absent)}. "
                             f"Columns: {', '.join(split.column_names)}.")
         if len(split) == 0:
             raise DataError(f"The {split_name} split is empty.")
         split, bad, counts = check_rows(split.select_columns(keep), split_name, columns, section.on_bad_example,
-                                        missing=missing)
+                                        missing=missing_policy)
         skipped.extend(bad)
         if several and any(counts.values()):
             missing_counts[split_name] = counts
@@ -266,8 +266,8 @@ def prepare_data(section: DataSection, input_roles: tuple[str, ...], seed: int) 
     validation = subset(validation, section.max_eval_samples, seed)
     if test is not None:
         test = subset(test, section.max_test_samples, seed)
-    missing = sorted(set(range(len(names))) - set(train.unique(LABEL)))
-    if missing:
-        logger.warning("After subsampling, train has no example of: %s", ", ".join(names[i] for i in missing))
+    unseen = sorted(set(range(len(names))) - set(train.unique(LABEL)))
+    if unseen:
+        logger.warning("After subsampling, train has no example of: %s", ", ".join(names[i] for i in unseen))
     return PreparedData(train=train, validation=validation, test=test, label_names=names,
                         columns=columns, sources=sources, skipped=skipped, notes=notes, missing=missing_counts)

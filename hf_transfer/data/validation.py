@@ -72,6 +72,7 @@ def _row_problems(table: pa.Table, indices: list[int], text_columns: list[str], 
     missing = _missing_labels(table.column(label_column).combine_chunks(), label_feature)
     for position in pc.indices_nonzero(missing).to_pylist():
         reasons[position] = (f"label in column '{label_column}' is missing", False)
+    absent_by_input: list[pa.Array] = []
     if image_column is not None:  # a missing image needs no decoding to be found
         images = table.column(image_column).combine_chunks()
         absent = pc.is_null(images)
@@ -80,13 +81,23 @@ def _row_problems(table: pa.Table, indices: list[int], text_columns: list[str], 
             if {"bytes", "path"} <= fields:
                 absent = pc.or_kleene(absent, pc.and_kleene(pc.is_null(pc.struct_field(images, "bytes")),
                                                             pc.is_null(pc.struct_field(images, "path"))))
-        for position in pc.indices_nonzero(absent.fill_null(True)).to_pylist():
-            reasons.setdefault(position, ("no image", True))
+        absent_by_input.append(absent.fill_null(True))
     for column in text_columns:
         values = table.column(column).combine_chunks()
         empty = pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0))
-        for position in pc.indices_nonzero(empty.fill_null(True)).to_pylist():
-            reasons.setdefault(position, (f"column '{column}' is empty or whitespace", True))
+        absent_by_input.append(empty.fill_null(True))
+    if image_column is not None and text_columns:
+        # an image-text row with no input at all is no "missing input" a model can stand in for: a bad row
+        nothing = absent_by_input[0]
+        for absent in absent_by_input[1:]:
+            nothing = pc.and_(nothing, absent)
+        columns = ", ".join(f"'{c}'" for c in [image_column, *text_columns])
+        for position in pc.indices_nonzero(nothing).to_pylist():
+            reasons.setdefault(position, (f"no input at all (columns {columns} all missing or empty)", False))
+    names = ["no image"] * (image_column is not None) + [f"column '{c}' is empty or whitespace" for c in text_columns]
+    for reason, absent in zip(names, absent_by_input):
+        for position in pc.indices_nonzero(absent).to_pylist():
+            reasons.setdefault(position, (reason, True))
     ordered = sorted(reasons)
     return {"index": [indices[p] for p in ordered], "reason": [reasons[p][0] for p in ordered],
             "missing": [reasons[p][1] for p in ordered]}

@@ -124,9 +124,10 @@ class DANN(Method):
     learns to tell source from target pooled features, and the reversed gradient trains the backbone to
     make them indistinguishable, so the label classifier learnt on source transfers to the target. Pooled
     features are read by a hook on the input of the final classification layer, which works for timm and
-    transformers backbones alike. The domain classifier lives outside the model: it is not part of the saved
-    model folder, but every checkpoint carries it so that a resumed run goes on with it (target batches are
-    drawn afresh after a resume, so such a run is close to, not identical with, an uninterrupted one).
+    transformers backbones alike; for a fused image-text model that is the fused vector, so both towers adapt.
+    The domain classifier lives outside the model: it is not part of the saved model folder, but every
+    checkpoint carries it so that a resumed run goes on with it (target batches are drawn afresh after a
+    resume, so such a run is close to, not identical with, an uninterrupted one).
     """
 
     Options = DannOptions

@@ -111,6 +111,11 @@ class TaskAdapter:
         """The pretrained models the run starts from, for the card's ``base_model``."""
         return list(self.model_references(recipe).values()) if recipe.model.pretrained else []
 
+    def tower_tasks(self) -> dict[str, str]:
+        """A task whose model has several towers: tower name -> the task whose backbones it takes (``rank`` scores
+        each candidate for its tower on that tower's input). A one-model task has none."""
+        return {}
+
     def ablations(self, recipe: Recipe) -> dict[str, Recipe]:
         """``evaluation.compare_modalities``: one recipe per input alone, by name; a one-input task has none."""
         raise RecipeError(f"'evaluation.compare_modalities' needs a task with several inputs; '{self.name}' has one.")

@@ -145,7 +145,7 @@ class ImageTextFusionForClassification(PreTrainedModel):
     config_class = ImageTextConfig
     base_model_prefix = "fusion_model"
     main_input_name = "pixel_values"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules: list[str] = []
 
     def __init__(self, config: ImageTextConfig, towers: dict[str, nn.Module] | None = None) -> None:
@@ -153,7 +153,7 @@ class ImageTextFusionForClassification(PreTrainedModel):
         towers = towers or {}
         for name in TOWERS:
             sub = getattr(config, f"{name}_config")
-            tower = None if sub is None else towers.get(name) or AutoModel.from_config(sub)
+            tower = None if sub is None else towers[name] if name in towers else AutoModel.from_config(sub)
             setattr(self, f"{name}_tower", tower)
         widths = [tower_width(getattr(self, f"{name}_tower"), name) for name in config.towers]
         self.norms = nn.ModuleList(nn.LayerNorm(width) for width in widths)
@@ -176,6 +176,20 @@ class ImageTextFusionForClassification(PreTrainedModel):
     def _head_modules(self) -> list[nn.Module]:
         return [m for m in (getattr(self, "norms", None), getattr(self, "absent", None),
                             getattr(self, "fusion", None), getattr(self, "classifier", None)) if m is not None]
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Any = None,
+                                    every_n_layers: int = 1) -> None:
+        """``training.gradient_checkpointing``: each tower checkpoints its own blocks, the text encoder through
+        transformers and the image backbone through timm (``set_grad_checkpointing``); the small head does not."""
+        text = self.text_tower
+        if text is not None and text.supports_gradient_checkpointing:
+            if gradient_checkpointing_func is None:
+                text._set_gradient_checkpointing(enable=enable, every_n_layers=every_n_layers)
+            else:
+                text._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
+        timm_model = getattr(self.image_tower, "timm_model", None)
+        if timm_model is not None and callable(getattr(timm_model, "set_grad_checkpointing", None)):
+            timm_model.set_grad_checkpointing(enable)
 
     # ------------------------------------------------------------------ forward
 
@@ -210,8 +224,10 @@ class ImageTextFusionForClassification(PreTrainedModel):
         # the classifier's mode, not the model's: a head trained on cached features runs outside the model
         if self.classifier.training and self.config.modality_dropout > 0 and count > 1:
             hidden = torch.rand(present.shape, device=present.device) < self.config.modality_dropout
-            keep_one = hidden.all(dim=1, keepdim=True) & (torch.arange(count, device=present.device) == 0)
-            present = present & ~(hidden & ~keep_one)
+            kept = present & ~hidden
+            # an example keeps its inputs when dropout would hide all it has (a photo without text included):
+            # trained on no input at all, it would teach the head that the stand-ins mean its label
+            present = torch.where(kept.any(dim=1, keepdim=True), kept, present)
         fused = []
         for i, (vector, norm, absent) in enumerate(zip(vectors, self.norms, self.absent)):
             vector = torch.where(present[:, i:i + 1], vector, absent.to(vector.dtype).expand_as(vector))

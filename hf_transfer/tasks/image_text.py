@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from PIL import Image
 from datasets import Dataset, Features
 from datasets import Image as DatasetsImage
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, TimmWrapperModel
 
-from ..data.prepare import LABEL, PreparedData
+from ..config_utils import closest
+from ..data.prepare import COLUMN_CANDIDATES, LABEL, PreparedData
+from ..data.validation import image_problem
 from ..errors import DataError, ModelError, RecipeError
 from ..models.sources import MODEL_FIELD, ModelSource, resolve_model_source
 from ..models.weights import check_loading_info, where
@@ -27,7 +30,8 @@ from .base import CardFacts, ModelInputs, TaskAdapter, label_maps, load_id
 from .fusion import MODEL_TYPE, TOWERS, ImageTextConfig, ImageTextFusionForClassification
 from .image import (ImageBatchTransform, ImageClassification, _timm_config_without_weights, create_transforms,
                     data_config, to_rgb)
-from .text import TextClassification, check_same_tokenizer, tokenizer_fingerprint
+from .text import (TextClassification, load_report_silenced, load_with_new_head, strip_loading_options,
+                   tokenizer_fingerprint)
 
 RANDOM_PREFIX = "random:"
 """``model.image: random:<reference>``: that tower's architecture with random weights."""
@@ -37,12 +41,15 @@ TOWER_TASKS = {"image": ImageClassification, "text": TextClassification}
 class ImageTextProcessor:
     """The text tower's tokenizer; the image preprocessing lives in the image tower's ``pretrained_cfg``."""
 
-    def __init__(self, tokenizer: Any | None) -> None:
+    def __init__(self, tokenizer: Any | None, towers: tuple[str, ...] | None = None) -> None:
         self.tokenizer = tokenizer
+        self.towers = towers
+        """The model's towers (not saved): what a distillation teacher may read (``check_teacher``)."""
 
     def save_pretrained(self, directory: str | Path) -> None:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
+            strip_loading_options(directory)  # as the text task does: no "local_files_only" or token in the copy
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> "ImageTextProcessor":
@@ -86,19 +93,26 @@ def load_image_tower(reference: str, recipe: Recipe) -> PreTrainedModel:
 
             location = timm.models.get_pretrained_cfg(location).hf_hub_id or f"timm/{location}"
         if pretrained:
-            tower, info = _loaded(lambda: TimmWrapperModel.from_pretrained(
-                location, revision=recipe.model.revision, use_safetensors=True, output_loading_info=True),
-                reference, field, "image")
+            with load_report_silenced():  # an image classifier's own head is unused: not worth a warning table
+                tower, info = _loaded(lambda: TimmWrapperModel.from_pretrained(
+                    location, revision=recipe.model.revision, use_safetensors=True, output_loading_info=True),
+                    reference, field, "image")
             check_loading_info(tower, info, field, reference)
         else:
             config = _loaded(lambda: AutoConfig.from_pretrained(location, revision=recipe.model.revision),
                              reference, field, "image")
             tower = TimmWrapperModel(config)
+    set_image_size(tower, recipe)
+    return tower
+
+
+def set_image_size(tower: PreTrainedModel, recipe: Recipe) -> None:
+    """``data.image_size`` and ``data.crop_pct`` into the image tower's ``pretrained_cfg``, which the run's
+    preprocessing, the saved folder and ``predict`` all read."""
     config = data_config(tower, recipe.data.image_size, recipe.data.crop_pct)
     tower.config.pretrained_cfg = {**tower.config.pretrained_cfg, "input_size": list(config["input_size"]),
                                    "crop_pct": config["crop_pct"]}
     tower.timm_model.pretrained_cfg = dict(tower.config.pretrained_cfg)
-    return tower
 
 
 def load_text_tower(reference: str, recipe: Recipe) -> tuple[PreTrainedModel, Any]:
@@ -109,9 +123,10 @@ def load_text_tower(reference: str, recipe: Recipe) -> tuple[PreTrainedModel, An
     common = {"revision": recipe.model.revision, "trust_remote_code": recipe.model.trust_remote_code}
     tokenizer = _loaded(lambda: AutoTokenizer.from_pretrained(source.location, **common), reference, field, "text")
     if pretrained and recipe.model.pretrained:
-        tower, info = _loaded(lambda: AutoModel.from_pretrained(source.location, use_safetensors=True,
-                                                                output_loading_info=True, **common),
-                              reference, field, "text")
+        with load_report_silenced():  # a sequence classifier's own head is unused: not worth a warning table
+            tower, info = _loaded(lambda: AutoModel.from_pretrained(source.location, use_safetensors=True,
+                                                                    output_loading_info=True, **common),
+                                  reference, field, "text")
         check_loading_info(tower, info, field, reference)
     else:
         config = _loaded(lambda: AutoConfig.from_pretrained(source.location, **common), reference, field, "text")
@@ -177,13 +192,29 @@ def _max_length(recipe: Recipe, tokenizer: Any | None) -> int:
     return min(limit, getattr(tokenizer, "model_max_length", limit) or limit) if tokenizer is not None else limit
 
 
-def _image_value(value: Any) -> Any:
-    """A path (str or ``Path``) becomes what ``datasets`` stores for an image file; PIL images and bytes pass."""
+def _image_input(value: Any, number: int) -> Any:
+    """One image given to ``predict``: ``None`` (or ``""``) when missing, else what the batch transform decodes.
+
+    A path becomes what ``datasets`` stores for an image file and raw bytes an embedded image; both are decoded
+    here once so that a bad one is named by its position, not reported as a bad row of a split.
+    """
+    if value is None or isinstance(value, str) and not value.strip():
+        return None
+    if isinstance(value, Image.Image):
+        return value
     if isinstance(value, (str, Path)):
         path = Path(value).expanduser()
         if not path.is_file():
-            raise DataError(f"Image '{value}' does not exist or is not a file.")
-        return {"bytes": None, "path": str(path)}
+            raise DataError(f"Image {number} '{value}' does not exist or is not a file.")
+        value = {"bytes": None, "path": str(path)}
+    elif isinstance(value, (bytes, bytearray)):
+        value = {"bytes": bytes(value), "path": None}
+    else:
+        raise DataError(f"Image {number} is a {type(value).__name__}; give a file path, a PIL image or the encoded "
+                        "bytes of an image file.")
+    problem = image_problem(value)
+    if problem is not None:
+        raise DataError(f"Image {number}: {problem}. Give a photo that opens (JPEG, PNG, WebP, ...).")
     return value
 
 
@@ -193,6 +224,27 @@ def _digest(*parts: Any) -> str:
 
 def _has_text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
+
+
+def _without_towers(recipe: Recipe, removed: list[str]) -> dict[str, Any]:
+    """``Recipe.replace`` changes that drop ``removed`` towers, and their ``strategy.learning_rates`` entries: the
+    one-tower model has no such part, and its strategy would refuse the rate."""
+    changes: dict[str, Any] = {f"model.{name}": None for name in removed}
+    rates = recipe.strategy.learning_rates
+    if rates and any(name in rates for name in removed):
+        changes["strategy.learning_rates"] = {part: rate for part, rate in rates.items() if part not in removed} or None
+    return changes
+
+
+def _check_part_rates(recipe: Recipe, towers: list[str]) -> None:
+    """``strategy.learning_rates`` names parts of the fused model (its towers and ``head``): a typo stops the run
+    before anything is loaded, as the strategy itself would once the model is built."""
+    parts = [*towers, "head"]
+    unknown = [part for part in recipe.strategy.learning_rates or {} if part not in parts]
+    if unknown:
+        hint = closest(unknown[0], parts)
+        raise RecipeError(f"'strategy.learning_rates.{unknown[0]}' is not a part of this model"
+                          + (f"; did you mean '{hint}'?" if hint else ".") + f" Parts: {', '.join(parts)}.")
 
 
 # ------------------------------------------------------------------------------------------ the adapter
@@ -222,6 +274,8 @@ class ImageTextClassification(TaskAdapter):
             raise RecipeError("'model.name_or_path: auto' chooses one backbone; for image-text-classification rank "
                               "each tower with 'hf-transfer rank' (it scores image and text candidates) and set "
                               "model.image and model.text.")
+        if towers:  # a trained folder's towers are known once it is read; the strategy checks those
+            _check_part_rates(recipe, towers)
 
     def model_references(self, recipe: Recipe) -> dict[str, str]:
         if recipe.model.name_or_path is not None:
@@ -264,6 +318,7 @@ class ImageTextClassification(TaskAdapter):
                 text_max_length=_max_length(recipe, tokenizer), **labels)
             model = ImageTextFusionForClassification(config, towers=towers)
             processor = ImageTextProcessor(tokenizer)
+        processor.towers = model.config.towers
         if section.channels_last and model.image_tower is not None:
             model.image_tower.to(memory_format=torch.channels_last)
         return model, processor
@@ -274,10 +329,9 @@ class ImageTextClassification(TaskAdapter):
         common = {"revision": section.revision}
         try:
             if section.pretrained:
-                model, info = ImageTextFusionForClassification.from_pretrained(
+                model = load_with_new_head(lambda: ImageTextFusionForClassification.from_pretrained(
                     source.location, ignore_mismatched_sizes=True, use_safetensors=True, output_loading_info=True,
-                    **labels, **common)
-                check_loading_info(model, info, MODEL_FIELD, section.name_or_path)
+                    **labels, **common), labels["num_labels"], MODEL_FIELD, section.name_or_path)
             else:
                 config = ImageTextConfig.from_pretrained(source.location, **labels, **common)
                 model = ImageTextFusionForClassification(config)
@@ -286,6 +340,9 @@ class ImageTextClassification(TaskAdapter):
         except (OSError, ValueError, KeyError) as error:
             raise ModelError(f"Could not load image-text model '{section.name_or_path}' ({source.kind}): {error}") from None
         model.config.modality_dropout = section.fusion.modality_dropout  # a training option, not an architecture
+        if model.image_tower is not None:  # the trained size unless the recipe sets another
+            set_image_size(model.image_tower, recipe)
+            model.config.image_config.pretrained_cfg = dict(model.image_tower.config.pretrained_cfg)
         model.config.text_max_length = _max_length(recipe, processor.tokenizer)
         return model, processor
 
@@ -345,21 +402,29 @@ class ImageTextClassification(TaskAdapter):
     def predict(self, model_dir: Path, inputs: dict[str, list], top_k: int | None = None,
                 batch_size: int = 32) -> list[list[dict]]:
         """The saved model on raw photos (paths, PIL images, bytes) and texts; ``None`` marks a missing input."""
-        model = ImageTextFusionForClassification.from_pretrained(model_dir, use_safetensors=True).eval()
-        towers = model.config.towers
-        count = max((len(v) for v in inputs.values() if v), default=0)
-        if not count:
+        towers = ImageTextConfig.from_pretrained(model_dir).towers
+        given = {role: list(values) for role, values in inputs.items() if values}
+        if not given:
             raise DataError("Give at least one input: --image and/or --text (Python: images=..., texts=...).")
-        for role, values in inputs.items():
-            if values and len(values) != count:
-                raise DataError(f"Give as many {role} inputs as the others ({len(values)} vs {count}); use None "
-                                "(Python) for an input that is missing.")
-            if values and role.split("_")[0] not in towers:
+        for role in given:
+            if role.split("_")[0] not in towers:
                 raise DataError(f"This model reads {' and '.join(towers)}, not {role}.")
+        counts = {role: len(values) for role, values in given.items()}
+        count = max(counts.values())
+        if len(set(counts.values())) > 1:
+            shown = " and ".join(f"{n} {role.replace('_', ' ')}(s)" for role, n in counts.items())
+            raise DataError(f"Give one of each input per example: got {shown}. Where an example lacks one, pass None "
+                            "(Python) or an empty value (--text '' or --image '').")
+        images = [_image_input(v, i + 1) for i, v in enumerate(given.get("image") or [None] * count)]
+        texts = [v if _has_text(v) else None for v in given.get("text") or [None] * count]
+        pairs = given.get("text_pair")
+        empty = [i + 1 for i in range(count) if ("image" not in towers or images[i] is None)
+                 and ("text" not in towers or texts[i] is None)]
+        if empty:
+            raise DataError(f"Example {empty[0]} has no input at all (no image and no text); give at least one of the "
+                            "two per example.")
+        model = ImageTextFusionForClassification.from_pretrained(model_dir, use_safetensors=True).eval()
         tokenizer = ImageTextProcessor.from_pretrained(model_dir).tokenizer if "text" in towers else None
-        images = [_image_value(v) if v is not None else None for v in inputs.get("image") or [None] * count]
-        texts = list(inputs.get("text") or [None] * count)
-        pairs = inputs.get("text_pair")
         mean, std, transform, blank = (0.0,), (1.0,), None, None
         if "image" in towers:
             config = data_config(model.image_tower, None)
@@ -397,16 +462,40 @@ class ImageTextClassification(TaskAdapter):
     def check_config(self, config: dict[str, Any], name: str, field: str) -> None:
         if config.get("model_type") != MODEL_TYPE:
             kind = config.get("model_type") or config.get("architecture") or "unknown"
+            fix = ("build one from towers with model.image and model.text instead" if field == MODEL_FIELD else
+                   "give a folder written by an image-text-classification run")
             raise ModelError(f"{where(field, name)} holds a '{kind}' model, not an image-text model trained by "
-                             "hf-transfer; build one from towers with model.image and model.text instead.")
+                             f"hf-transfer; {fix}.")
 
     def check_teacher(self, name: str, field: str, processor: Any, revision: str | None) -> None:
-        if processor is not None and processor.tokenizer is not None:
-            check_same_tokenizer(name, processor.tokenizer, revision, field)
+        """The teacher is a fused folder fed the student's batches: it may read no tower the student lacks, and
+        its text tower must share the student's vocabulary (the text task's check would refuse the folder)."""
+        location = resolve_model_source(name, self, field).location
+        try:
+            config = ImageTextConfig.from_pretrained(location, revision=revision)
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelError(f"Could not load the config of {where(field, name)}: {error}") from None
+        student = getattr(processor, "towers", None)
+        extra = [tower for tower in config.towers if student is not None and tower not in student]
+        if extra:
+            raise ModelError(f"{where(field, name)} reads {' and '.join(config.towers)} but the student has no "
+                             f"{extra[0]} tower; a teacher sees the student's inputs, so give one whose towers the "
+                             f"student also has ({', '.join(student)}).")
+        tokenizer = getattr(processor, "tokenizer", None)
+        if "text" in config.towers and tokenizer is not None:
+            teacher = _loaded(lambda: AutoTokenizer.from_pretrained(location, revision=revision), name, field,
+                              "teacher's text")
+            if teacher.get_vocab() != tokenizer.get_vocab():
+                raise ModelError(f"{where(field, name)} uses another vocabulary than the student model; distillation "
+                                 "feeds the teacher the student's token ids, so both need the same text tower tokenizer.")
 
     # ------------------------------------------------------------------ feature cache
 
     def cache_blocker(self, recipe: Recipe) -> str | None:
+        """Image augmentation changes the features; a model built without an image tower (the text-only
+        ablation) sees no image, whatever ``data.augmentation`` says."""
+        if recipe.model.name_or_path is None and recipe.model.image is None:
+            return None
         return ImageClassification().cache_blocker(recipe)
 
     def preprocessing_identity(self, recipe: Recipe, model: PreTrainedModel, processor: Any) -> dict[str, Any]:
@@ -424,19 +513,25 @@ class ImageTextClassification(TaskAdapter):
 
     # ------------------------------------------------------------------ runs made of runs
 
+    def tower_tasks(self) -> dict[str, str]:
+        return {name: task.name for name, task in TOWER_TASKS.items()}
+
     def ablations(self, recipe: Recipe) -> dict[str, Recipe]:
         """One recipe per tower alone: same towers, fusion head, budget and strategy; the other tower removed."""
         present = [name for name in TOWERS if getattr(recipe.model, name) is not None]
         if len(present) < 2:
             raise RecipeError("'evaluation.compare_modalities' needs both towers given as model.image and model.text "
                               "(a trained image-text folder cannot be split into its towers).")
-        return {f"{name}-only": recipe.replace({f"model.{other}": None for other in present if other != name})
+        return {f"{name}-only": recipe.replace(_without_towers(recipe, [other for other in present if other != name]))
                 for name in present}
 
     # ------------------------------------------------------------------ reporting
 
     def detect(self, features: Features) -> bool:
-        return ImageClassification().detect(features) and TextClassification().detect(features)
+        """An image column (as the image task detects it) and a string column named like a text column."""
+        texts = [name for name in COLUMN_CANDIDATES["text"] if name in features]
+        return ImageClassification().detect(features) and any(
+            getattr(features[name], "dtype", None) in ("string", "large_string") for name in texts)
 
     def card_facts(self, recipe: Recipe) -> CardFacts:
         model_id = load_id(recipe)
