@@ -123,14 +123,40 @@ class OwnSplitHead(HeadAdapter):
     def applies_to(model: nn.Module) -> bool:
         return all(callable(getattr(model, m, None)) for m in ("tower_features", "logits_from_features", "head_modules"))
 
-    def features(self, model, batch):
-        return model.tower_features(**{key: value for key, value in batch.items() if key != "labels"})
+    def features(self, model, batch, part: str | None = None):
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        return model.tower_features(**inputs, **({"towers": (part,)} if part else {}))
 
     def logits(self, model, features):
         return model.logits_from_features(features)
 
     def head_modules(self, model):
         return list(model.head_modules())
+
+    @staticmethod
+    def parts(model) -> dict[str, str]:
+        """Part -> parameter prefix, when the model caches its features part by part (``feature_parts``)."""
+        return model.feature_parts() if callable(getattr(model, "feature_parts", None)) else {}
+
+
+class _OnePart(HeadAdapter):
+    """One part of a model that caches its features part by part, for ``extract_features``."""
+
+    def __init__(self, adapter: OwnSplitHead, part: str) -> None:
+        self.adapter, self.part, self.name = adapter, part, f"{adapter.name}:{part}"
+
+    @staticmethod
+    def applies_to(model: nn.Module) -> bool:
+        return False
+
+    def features(self, model, batch):
+        return self.adapter.features(model, batch, self.part)
+
+    def logits(self, model, features):
+        raise NotImplementedError
+
+    def head_modules(self, model):
+        raise NotImplementedError
 
 
 HEAD_ADAPTERS: tuple[type[HeadAdapter], ...] = (OwnSplitHead, TimmPooledHead, FirstTokenHead)
@@ -152,6 +178,22 @@ def backbone_digest(model: nn.Module, head_parameters: tuple[str, ...]) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # no copy
     return digest.hexdigest()
+
+
+def part_digest(model: nn.Module, prefix: str) -> str:
+    """sha256 of the weights and buffers under ``prefix`` (one tower), names taken relative to it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(prefix):
+            digest.update(f"{name[len(prefix):]}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def part_preprocessing(description: str, part: str, parts: dict[str, str]) -> str:
+    """The preprocessing description one part's features depend on: its own entry and the shared ones."""
+    described = json.loads(description)
+    return json.dumps({k: v for k, v in described.items() if k == part or k not in parts}, sort_keys=True)
 
 
 def feature_key(adapter: HeadAdapter, backbone: str, split_fingerprint: str, preprocessing: str) -> str:
@@ -388,6 +430,7 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
                     type(model).__name__)
         return None
     preprocessing = preprocessing_description(recipe, data, model, processor)
+    parts = OwnSplitHead.parts(model) if isinstance(adapter, OwnSplitHead) else {}
     sets: dict[str, FeatureSet | None] = {}
     hits: dict[str, bool] = {}
     for name in ("train", "validation", "test"):
@@ -395,10 +438,21 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
         if split is None or encoded is None:
             sets[name] = None
             continue
-        key = feature_key(adapter, backbone, split._fingerprint, preprocessing)
-        features, hits[name] = cached_features(key, lambda: extract_features(
-            model, adapter, encoded, inputs.collator, args.per_device_eval_batch_size,
-            args.dataloader_num_workers, description=name))
+
+        def extract(part_adapter: HeadAdapter, description: str):
+            return lambda: extract_features(model, part_adapter, encoded, inputs.collator,
+                                            args.per_device_eval_batch_size, args.dataloader_num_workers,
+                                            description=description)
+
+        if parts:  # one cache entry per part: a model sharing a tower reuses that tower's features
+            found = [cached_features(feature_key(_OnePart(adapter, part), part_digest(model, prefix), split._fingerprint,
+                                                 part_preprocessing(preprocessing, part, parts)),
+                                     extract(_OnePart(adapter, part), f"{name} ({part})"))
+                     for part, prefix in parts.items()]
+            features, hits[name] = torch.cat([f for f, _ in found], dim=-1), all(hit for _, hit in found)
+        else:
+            key = feature_key(adapter, backbone, split._fingerprint, preprocessing)
+            features, hits[name] = cached_features(key, extract(adapter, name))
         sets[name] = FeatureSet(features, torch.tensor(column_values(split, LABEL), dtype=torch.long))
     logger.info("Feature cache (%s): %s", cache_dir(),
                 ", ".join(f"{name} {'hit' if hit else 'computed'}" for name, hit in hits.items()))

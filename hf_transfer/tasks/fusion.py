@@ -193,11 +193,18 @@ class ImageTextFusionForClassification(PreTrainedModel):
 
     # ------------------------------------------------------------------ forward
 
+    def feature_parts(self) -> dict[str, str]:
+        """Tower -> parameter prefix: the feature cache keys each tower's features on its own weights, so a model
+        with the same tower (the modality ablations, a second run) reuses them."""
+        return {name: f"{name}_tower." for name in self.config.towers}
+
     def tower_features(self, pixel_values: torch.Tensor | None = None, image_present: torch.Tensor | None = None,
-                       text_present: torch.Tensor | None = None, **text_inputs: torch.Tensor) -> torch.Tensor:
-        """The frozen part for the feature cache: each tower's pooled vector and a presence flag, joined."""
-        parts, flags = [], []
-        for name in self.config.towers:
+                       text_present: torch.Tensor | None = None, towers: tuple[str, ...] | None = None,
+                       **text_inputs: torch.Tensor) -> torch.Tensor:
+        """The frozen part for the feature cache: per tower (all, or ``towers``), its pooled vector and a presence
+        flag, joined in tower order."""
+        blocks = []
+        for name in towers or self.config.towers:
             if name == "image":
                 if pixel_values is None:
                     raise ValueError("This model has an image tower: pass pixel_values.")
@@ -210,17 +217,18 @@ class ImageTextFusionForClassification(PreTrainedModel):
                 inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
                 vector = text_features(self.text_tower, inputs, self.config.text_pooling)
                 present = text_present
-            parts.append(vector.float())
-            flags.append(torch.ones(len(vector), 1, device=vector.device) if present is None
-                         else present.to(vector.device).float().view(-1, 1))
-        return torch.cat([*parts, *flags], dim=-1)
+            flag = (torch.ones(len(vector), 1, device=vector.device) if present is None
+                    else present.to(vector.device).float().view(-1, 1))
+            blocks += [vector.float(), flag]
+        return torch.cat(blocks, dim=-1)
 
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
         """The trainable head: absent towers replaced, each normalised, fused, classified."""
         widths = [norm.normalized_shape[0] for norm in self.norms]
         count = len(widths)
-        vectors = list(features[:, : sum(widths)].split(widths, dim=-1))
-        present = features[:, sum(widths): sum(widths) + count] > 0.5
+        blocks = features.split([width + 1 for width in widths], dim=-1)
+        vectors = [block[:, :-1] for block in blocks]
+        present = torch.cat([block[:, -1:] for block in blocks], dim=-1) > 0.5
         # the classifier's mode, not the model's: a head trained on cached features runs outside the model
         if self.classifier.training and self.config.modality_dropout > 0 and count > 1:
             hidden = torch.rand(present.shape, device=present.device) < self.config.modality_dropout

@@ -499,16 +499,18 @@ class ImageTextClassification(TaskAdapter):
         return ImageClassification().cache_blocker(recipe)
 
     def preprocessing_identity(self, recipe: Recipe, model: PreTrainedModel, processor: Any) -> dict[str, Any]:
-        identity: dict[str, Any] = {"towers": list(model.config.towers), "text_pooling": model.config.text_pooling,
-                                    "missing_modality": recipe.data.missing_modality}
+        """One entry per tower (its features are cached per tower, keyed on its own entry) and the shared ones."""
+        identity: dict[str, Any] = {"missing_modality": recipe.data.missing_modality}
         if model.image_tower is not None:
             cfg = dict(model.image_tower.config.pretrained_cfg or {})
             identity["image"] = {k: cfg.get(k) for k in ("input_size", "mean", "std", "interpolation", "crop_pct",
                                                          "crop_mode")}
         if model.text_tower is not None:
             tokenizer = processor.tokenizer
-            identity["tokenizer"] = [type(tokenizer).__name__, tokenizer_fingerprint(tokenizer) or
-                                     getattr(tokenizer, "name_or_path", ""), len(tokenizer), recipe.data.max_length]
+            identity["text"] = {"tokenizer": [type(tokenizer).__name__, tokenizer_fingerprint(tokenizer) or
+                                              getattr(tokenizer, "name_or_path", ""), len(tokenizer),
+                                              model.config.text_max_length],
+                                "pooling": model.config.text_pooling}
         return identity
 
     # ------------------------------------------------------------------ runs made of runs

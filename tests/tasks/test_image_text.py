@@ -389,7 +389,10 @@ def test_modality_dropout_never_hides_the_only_input(full_run):
     torch.manual_seed(0)
     vectors = torch.randn(64, sum(widths))
     flags = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]]).repeat(16, 1)
-    features = torch.cat([vectors, flags], dim=1)
+    blocks = []  # per tower: its vector, then its presence flag
+    for i, vector in enumerate(vectors.split(widths, dim=1)):
+        blocks += [vector, flags[:, i:i + 1]]
+    features = torch.cat(blocks, dim=1)
     with torch.no_grad():
         model.classifier.eval()
         honoured = model.logits_from_features(features)
@@ -559,6 +562,18 @@ def test_compare_modalities_trains_each_tower_alone(assets, runs):
         assert sub["test"]["accuracy"] == table["runs"][name]["accuracy"]
     assert (runs / "compared" / "modalities" / "text-only" / "tokenizer.json").is_file()
     assert not (runs / "compared" / "modalities" / "image-only" / "tokenizer.json").exists()
+    # features are cached per tower: the fused run reads what the one-tower runs computed for the same towers
+    assert metrics["feature_cache"]["hits"] == {"train": True, "validation": True, "test": True}
+
+
+def test_a_one_tower_model_reuses_the_fused_models_tower_features(assets, runs):
+    """Keys are per tower (its weights, its preprocessing, the rows): the text-only model after a fused probe."""
+    fused = train(recipe(assets, runs / "share-fused", strategy={"name": "linear_probe"},
+                         data={"max_length": 24}))  # a preprocessing no other test uses: nothing cached yet
+    alone = train(recipe(assets, runs / "share-text", strategy={"name": "linear_probe"}, data={"max_length": 24},
+                         model={"image": None}))
+    assert fused["feature_cache"]["hits"] == {"train": False, "validation": False, "test": False}
+    assert alone["feature_cache"]["hits"] == {"train": True, "validation": True, "test": True}
 
 
 # ------------------------------------------------------------------------------------------ methods
