@@ -118,3 +118,23 @@ def text_csv_data(tmp_path_factory) -> Path:
     write_text_csv(root / "train.csv", make_sentences(40, seed=0))
     write_text_csv(root / "test.csv", make_sentences(12, seed=1))
     return root
+
+
+@pytest.fixture
+def timm_model(tiny_timm_dir):
+    """A fresh tiny timm classifier (strategies freeze and change it in place), seeded head."""
+    import torch
+    from transformers import TimmWrapperForImageClassification
+
+    torch.manual_seed(0)
+    return TimmWrapperForImageClassification.from_pretrained(tiny_timm_dir)
+
+
+@pytest.fixture
+def bert_model(tiny_bert_dir):
+    """A fresh tiny BERT classifier with a new head, the same starting weights in every test."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)

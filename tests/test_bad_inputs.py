@@ -247,9 +247,11 @@ def test_corpus_is_large_and_unique():
     assert len({case.id for case in CASES}) == len(CASES)
 
 
-def one_error(capsys, code: int, *words: str) -> str:
-    """The single ``error:`` line, after checking the exit code, the key words and that no traceback shows."""
+def one_error(capsys, code: int, *words: str, before_training: bool = False) -> str:
+    """The single ``error:`` line, after checking the exit code, the key words and that no traceback shows
+    (``before_training``: and that training never started)."""
     captured = capsys.readouterr()
+    assert not before_training or "***** Running training *****" not in captured.err, captured.err
     assert code == EXIT_USER_ERROR, captured.err
     errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, captured.err

@@ -49,14 +49,14 @@ def run_modalities(recipe: Recipe, write_card: bool = True,
     """The ablations first (each reused when finished), then the fused run with the comparison in its metrics."""
     folder, _ = preflight_run(recipe)
     ablations = ablation_recipes(recipe, folder.path)
-    for ablation in ablations.values():
-        preflight_run(ablation)
     state = distributed_state()
     with ExitStack() as claim:
         with state.main_process_first():
             if state.is_main_process:
                 claim.enter_context(folder.claimed(recipe.to_yaml()))
                 record(folder.path, MODALITIES)
+        for ablation in ablations.values():  # inside the claimed run: an overwritten one has been set aside
+            preflight_run(ablation)
         alone = {}
         for name, ablation in ablations.items():
             logger.info("Training %s (evaluation.compare_modalities)", name)

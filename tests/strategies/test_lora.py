@@ -26,16 +26,6 @@ class Crash(Exception):
     """A failure the tests inject."""
 
 
-@pytest.fixture
-def timm_model(tiny_timm_dir):
-    torch.manual_seed(0)
-    return TimmWrapperForImageClassification.from_pretrained(tiny_timm_dir)
-
-
-@pytest.fixture
-def bert_model(tiny_bert_dir):
-    torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
 
 
 def make(name: str, model, **options):

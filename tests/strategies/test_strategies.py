@@ -13,15 +13,6 @@ from hf_transfer.strategies import STRATEGIES, create_strategy, get_strategy
 from hf_transfer.training.trainer import TransferTrainer
 
 
-@pytest.fixture
-def timm_model(tiny_timm_dir):
-    torch.manual_seed(0)
-    return TimmWrapperForImageClassification.from_pretrained(tiny_timm_dir)
-
-
-@pytest.fixture
-def bert_model(tiny_bert_dir):
-    return AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
 
 
 def make(name: str, model, **options):

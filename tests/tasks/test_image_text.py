@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from hf_transfer.cli import EXIT_USER_ERROR, run_cli
+from hf_transfer.cli import run_cli
+from test_bad_inputs import one_error
 
 CLASSES = ("pos", "neu", "neg")
 COLOURS = ((210, 40, 40), (40, 200, 40), (40, 40, 210))
@@ -182,22 +183,11 @@ def train(recipe_dict: dict[str, Any], capsys=None) -> dict[str, Any]:
     return json.loads((out / "metrics.json").read_text())
 
 
-def one_error(capsys, code: int, *words: str) -> str:
-    """Exit code 2, exactly one ``error:`` line holding ``words``, no traceback."""
-    captured = capsys.readouterr()
-    assert code == EXIT_USER_ERROR, captured.err
-    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, captured.err
-    for word in words:
-        assert word in errors[0], f"{word!r} not in: {errors[0]}"
-    assert "Traceback" not in captured.err and "***** Running training *****" not in captured.err
-    return errors[0]
-
-
 def finetune_error(recipe_dict: dict[str, Any], capsys, *words: str) -> str:
     """``hf-transfer finetune`` of a recipe that must stop with one error line, leaving no output folder."""
     out = Path(recipe_dict["output"]["dir"])
-    line = one_error(capsys, run_cli(["finetune", str(write(recipe_dict, out.parent / f"{out.name}.yaml"))]), *words)
+    line = one_error(capsys, run_cli(["finetune", str(write(recipe_dict, out.parent / f"{out.name}.yaml"))]), *words,
+                     before_training=True)
     assert not out.exists(), sorted(p.name for p in out.iterdir())
     return line
 
@@ -564,6 +554,9 @@ def test_compare_modalities_trains_each_tower_alone(assets, runs):
     assert not (runs / "compared" / "modalities" / "image-only" / "tokenizer.json").exists()
     # features are cached per tower: the fused run reads what the one-tower runs computed for the same towers
     assert metrics["feature_cache"]["hits"] == {"train": True, "validation": True, "test": True}
+    again = train(recipe(assets, runs / "compared", strategy={"name": "linear_probe", "learning_rates": rates},
+                         evaluation={"compare_modalities": True}, output={"overwrite": True}))
+    assert again["compare_modalities"] == table  # a finished comparison is replaced by its successor
 
 
 def test_a_one_tower_model_reuses_the_fused_models_tower_features(assets, runs):
