@@ -18,7 +18,7 @@ from ..tasks.base import get_task
 from ..training.arguments import distributed_state
 from ..training.outputs import record
 from ..training.run import ExtraMetrics, FinetuneResult, RunBuild, preflight_run
-from .reuse import SUB_RUN, run_or_reuse
+from .reuse import SUB_RUN, finished_metrics, run_or_reuse
 from .scratch import run_compared
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ def run_modalities(recipe: Recipe, write_card: bool = True,
                 claim.enter_context(folder.claimed(recipe.to_yaml()))
                 record(folder.path, MODALITIES)
         for ablation in ablations.values():  # inside the claimed run: an overwritten one has been set aside
-            preflight_run(ablation)
+            if finished_metrics(ablation.output.dir) is None:  # a finished one (a resumed comparison) is reused
+                preflight_run(ablation)
         alone = {}
         for name, ablation in ablations.items():
             logger.info("Training %s (evaluation.compare_modalities)", name)

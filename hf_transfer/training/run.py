@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import signal
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, set_seed
 
@@ -135,9 +136,30 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunB
                     loss_guard=loss_guard, stop=stop, class_weights=class_weights)
 
 
+@contextmanager
+def one_thread_for_a_head(cached: bool):
+    """A head trained on cached features runs a few small matrix products per step; with several torch threads
+    each step mostly waits on their synchronisation (measured in docs/performance.md), so it trains on one."""
+    if not cached:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder,
                         resume_from: str | None) -> tuple[RunBuild, dict[str, Any]]:
     build = build_trainer(recipe, data, folder.checkpoints)
+    with one_thread_for_a_head(build.feature_cache is not None):
+        return _trained(build, recipe, data, folder, resume_from)
+
+
+def _trained(build: RunBuild, recipe: Recipe, data: PreparedData, folder: RunFolder,
+             resume_from: str | None) -> tuple[RunBuild, dict[str, Any]]:
     trainer = build.trainer
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     if build.stop.received is not None:

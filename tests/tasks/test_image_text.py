@@ -559,6 +559,28 @@ def test_compare_modalities_trains_each_tower_alone(assets, runs):
     assert again["compare_modalities"] == table  # a finished comparison is replaced by its successor
 
 
+
+def test_an_interrupted_comparison_resumes_with_its_finished_one_tower_runs(assets, runs, monkeypatch):
+    """Killed after the one-tower runs finished: the same command again reuses them and trains only the fused run."""
+    import hf_transfer.runs.modalities as modalities
+
+    class Crash(Exception):
+        pass
+
+    def crash(*args, **kwargs):
+        raise Crash("killed before the fused run")
+
+    fused = recipe(assets, runs / "resumed", strategy={"name": "linear_probe"}, evaluation={"compare_modalities": True})
+    monkeypatch.setattr(modalities, "run_compared", crash)
+    with pytest.raises(Crash):
+        run_cli(["finetune", str(write(fused, runs / "resumed.yaml"))])
+    monkeypatch.undo()
+    alone = runs / "resumed" / "modalities" / "image-only" / "metrics.json"
+    before = alone.stat().st_mtime_ns
+    metrics = train(fused)
+    assert alone.stat().st_mtime_ns == before  # reused, not trained again
+    assert set(metrics["compare_modalities"]["runs"]) == {"image-only", "text-only", "fused"}
+
 def test_a_one_tower_model_reuses_the_fused_models_tower_features(assets, runs):
     """Keys are per tower (its weights, its preprocessing, the rows): the text-only model after a fused probe."""
     fused = train(recipe(assets, runs / "share-fused", strategy={"name": "linear_probe"},
