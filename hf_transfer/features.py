@@ -139,24 +139,15 @@ class OwnSplitHead(HeadAdapter):
         return model.feature_parts() if callable(getattr(model, "feature_parts", None)) else {}
 
 
-class _OnePart(HeadAdapter):
-    """One part of a model that caches its features part by part, for ``extract_features``."""
+class _OnePart:
+    """One part of a model that caches its features part by part: what ``extract_features`` and ``feature_key``
+    read of an adapter (its name and its features), no head."""
 
     def __init__(self, adapter: OwnSplitHead, part: str) -> None:
         self.adapter, self.part, self.name = adapter, part, f"{adapter.name}:{part}"
 
-    @staticmethod
-    def applies_to(model: nn.Module) -> bool:
-        return False
-
     def features(self, model, batch):
         return self.adapter.features(model, batch, self.part)
-
-    def logits(self, model, features):
-        raise NotImplementedError
-
-    def head_modules(self, model):
-        raise NotImplementedError
 
 
 HEAD_ADAPTERS: tuple[type[HeadAdapter], ...] = (OwnSplitHead, TimmPooledHead, FirstTokenHead)
@@ -196,7 +187,7 @@ def part_preprocessing(description: str, part: str, parts: dict[str, str]) -> st
     return json.dumps({k: v for k, v in described.items() if k == part or k not in parts}, sort_keys=True)
 
 
-def feature_key(adapter: HeadAdapter, backbone: str, split_fingerprint: str, preprocessing: str) -> str:
+def feature_key(adapter: HeadAdapter | _OnePart, backbone: str, split_fingerprint: str, preprocessing: str) -> str:
     payload = json.dumps({"version": FORMAT_VERSION, "adapter": adapter.name, "backbone": backbone,
                           "data": split_fingerprint, "preprocessing": preprocessing}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
@@ -240,7 +231,7 @@ def _length_order(split) -> list[int] | None:
 
 
 @torch.inference_mode()
-def extract_features(model: nn.Module, adapter: HeadAdapter, split, collator: Callable, batch_size: int,
+def extract_features(model: nn.Module, adapter: HeadAdapter | _OnePart, split, collator: Callable, batch_size: int,
                      num_workers: int = 0, description: str = "features") -> torch.Tensor:
     """Run the frozen backbone once over ``split`` (in eval mode) and return its features in split order."""
     from tqdm.auto import tqdm
@@ -439,16 +430,18 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
             sets[name] = None
             continue
 
-        def extract(part_adapter: HeadAdapter, description: str):
+        def extract(part_adapter: HeadAdapter | _OnePart, description: str):
             return lambda: extract_features(model, part_adapter, encoded, inputs.collator,
                                             args.per_device_eval_batch_size, args.dataloader_num_workers,
                                             description=description)
 
         if parts:  # one cache entry per part: a model sharing a tower reuses that tower's features
-            found = [cached_features(feature_key(_OnePart(adapter, part), part_digest(model, prefix), split._fingerprint,
-                                                 part_preprocessing(preprocessing, part, parts)),
-                                     extract(_OnePart(adapter, part), f"{name} ({part})"))
-                     for part, prefix in parts.items()]
+            found = []
+            for part, prefix in parts.items():
+                one = _OnePart(adapter, part)
+                key = feature_key(one, part_digest(model, prefix), split._fingerprint,
+                                  part_preprocessing(preprocessing, part, parts))
+                found.append(cached_features(key, extract(one, f"{name} ({part})")))
             features, hits[name] = torch.cat([f for f, _ in found], dim=-1), all(hit for _, hit in found)
         else:
             key = feature_key(adapter, backbone, split._fingerprint, preprocessing)

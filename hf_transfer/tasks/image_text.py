@@ -28,8 +28,8 @@ from ..recipe import AugmentationSection, Recipe
 from ..registry import TASKS
 from .base import CardFacts, ModelInputs, TaskAdapter, label_maps, load_id
 from .fusion import MODEL_TYPE, TOWERS, ImageTextConfig, ImageTextFusionForClassification
-from .image import (ImageBatchTransform, ImageClassification, _timm_config_without_weights, create_transforms,
-                    data_config, to_rgb)
+from .image import (ImageBatchTransform, ImageClassification, ImageCollator, _timm_config_without_weights,
+                    create_transforms, data_config, to_rgb)
 from .text import (TextClassification, load_report_silenced, load_with_new_head, strip_loading_options,
                    tokenizer_fingerprint)
 
@@ -162,23 +162,19 @@ class ImageTextBatchTransform:
 
 
 class ImageTextCollator:
-    """Pads token ids (the tokenizer's own ``pad``), stacks images and normalises uint8 ones in one operation."""
+    """Pads token ids (the tokenizer's own ``pad``); images are stacked and normalised as the image task does."""
 
     TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
     def __init__(self, tokenizer: Any | None, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.tokenizer = tokenizer
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.images = ImageCollator(mean, std)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {"labels": torch.tensor([e[LABEL] for e in examples], dtype=torch.long)}
         first = examples[0]
         if "pixel_values" in first:
-            pixels = torch.stack([e["pixel_values"] for e in examples])
-            if pixels.dtype == torch.uint8:
-                pixels = pixels.float().div_(255).sub_(self.mean).div_(self.std)
-            batch["pixel_values"] = pixels
+            batch["pixel_values"] = self.images(examples)["pixel_values"]
             batch["image_present"] = torch.tensor([e["image_present"] for e in examples], dtype=torch.long)
         if "input_ids" in first:
             text = [{k: e[k] for k in self.TEXT_KEYS if k in e} for e in examples]
