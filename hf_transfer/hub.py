@@ -98,7 +98,8 @@ def check_repo_id(repo_id: str | None, field: str) -> str:
     return repo_id
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """Whether huggingface_hub is in offline mode (``HF_HUB_OFFLINE``)."""
     from huggingface_hub import constants
 
     return constants.is_offline_mode()
@@ -125,9 +126,9 @@ def check_push_target(repo_id: str | None, push: bool) -> None:
         raise OutputError("'output.push_to_hub' is true but 'output.hub_model_id' is empty: set it to "
                           "'user/model-name', or set output.push_to_hub=false.")
     check_repo_id(repo_id, "'output.hub_model_id'")
-    if _offline():
+    if hub_offline():
         logger.warning("HF_HUB_OFFLINE is set: Hub access (token, write permission) for %s could not be checked; "
-                       "training goes on, and if the push after it fails, push the folder later with "
+                       "training goes on and the push is skipped at the end: push the folder later with "
                        "`hf-transfer push`.", repo_id)
         return
     from huggingface_hub import HfApi

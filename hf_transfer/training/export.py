@@ -22,7 +22,7 @@ from typing import Any, Callable
 from ..card import CardInputs, write_model_card
 from ..data.prepare import PreparedData
 from ..evaluation.plots import save_confusion_matrix, save_learning_curves
-from ..hub import push_folder
+from ..hub import hub_offline, push_folder
 from ..atomic import write_atomic
 from ..evaluation.metrics import HEADLINE
 from ..recipe import Recipe
@@ -89,6 +89,12 @@ def trainer_results(log_history: list[dict[str, Any]], metrics: dict[str, Any],
     return results
 
 
+def _relative_checkpoint(path: str) -> str:
+    """``checkpoints/checkpoint-N`` for the Trainer's absolute path of the best checkpoint."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else path
+
+
 def write_trainer_files(trainer, metrics: dict[str, Any], sizes: dict[str, int], directory: Path) -> list[str]:
     """``trainer_state.json`` and the ``*_results.json`` files into ``directory`` (the staging folder); their names.
 
@@ -97,7 +103,10 @@ def write_trainer_files(trainer, metrics: dict[str, Any], sizes: dict[str, int],
     """
     directory = Path(directory)
     state = trainer.state
-    state_json = json.dumps(dataclasses.asdict(state), indent=2, sort_keys=True) + "\n"  # TrainerState.save_to_json
+    fields = dataclasses.asdict(state)
+    if fields.get("best_model_checkpoint"):  # relative to the run folder: no local path is pushed with it
+        fields["best_model_checkpoint"] = _relative_checkpoint(fields["best_model_checkpoint"])
+    state_json = json.dumps(fields, indent=2, sort_keys=True) + "\n"  # TrainerState.save_to_json
     write_atomic(directory / "trainer_state.json", state_json)
     names = ["trainer_state.json"]
     combined: dict[str, Any] = {}
@@ -136,4 +145,8 @@ def write_run_outputs(trainer, recipe: Recipe, data: PreparedData, metrics: dict
     folder.finish(metrics, keep_checkpoints=recipe.output.keep_checkpoints)
     logger.info("Wrote %s", folder.path)
     if recipe.output.push_to_hub:
-        push_folder(folder.path, recipe.output.hub_model_id, private=recipe.output.hub_private)
+        if hub_offline():  # said before training too; the finished run stays a success
+            logger.warning("HF_HUB_OFFLINE is set: %s was not pushed; on a machine that reaches the Hub run "
+                           "`hf-transfer push %s %s`.", folder.path, folder.path, recipe.output.hub_model_id)
+        else:
+            push_folder(folder.path, recipe.output.hub_model_id, private=recipe.output.hub_private)

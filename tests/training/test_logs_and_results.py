@@ -115,7 +115,7 @@ def test_trainer_state_and_results_files_hold_the_runs_numbers(finished):
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == metrics["train"]["steps"] > 0
     assert state["best_metric"] == metrics["train"]["best_checkpoint_metric"]
-    assert state["best_model_checkpoint"].startswith(str(out / CHECKPOINTS / "checkpoint-"))
+    assert state["best_model_checkpoint"].startswith(f"{CHECKPOINTS}/checkpoint-")  # relative: no local path pushed
     assert any("eval_accuracy" in entry for entry in state["log_history"])
 
     train = json.loads((out / "train_results.json").read_text())
@@ -234,3 +234,21 @@ def test_a_head_that_already_fits_is_said_so(tiny_bert_dir, text_csv_data, tmp_p
     with caplog.at_level(logging.INFO, logger="hf_transfer"):
         get_task("text-classification").load_model(recipe, ["negative", "positive"])
     assert "all weights loaded from" in caplog.text and "new classification head" not in caplog.text
+
+
+def test_an_offline_run_with_push_to_hub_finishes_and_says_how_to_push(tiny_bert_dir, text_csv_data, tmp_path,
+                                                                       monkeypatch, caplog):
+    """Offline, the push cannot work: known before training, so the finished run is not turned into a failure."""
+    import hf_transfer.training.export as export
+
+    monkeypatch.setattr(export, "push_folder", lambda *a, **k: pytest.fail("pushed while offline"))
+    monkeypatch.setattr(export, "hub_offline", lambda: True)
+    monkeypatch.setattr("hf_transfer.hub.hub_offline", lambda: True)
+    recipe = Recipe.from_dict({**text_recipe(tiny_bert_dir, text_csv_data, tmp_path / "run").to_dict(),
+                               "output": {"dir": str(tmp_path / "run"), "push_to_hub": True,
+                                          "hub_model_id": "me/tiny"}})
+    with caplog.at_level(logging.WARNING):
+        finetune(recipe)
+    assert (tmp_path / "run" / METRICS_FILE).is_file()
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "was not pushed" in said and f"hf-transfer push {tmp_path / 'run'} me/tiny" in said
