@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 # The fused image-text model's config and model classes join transformers' AutoConfig/AutoModel here, so a
 # saved folder loads with AutoModel.from_pretrained after ``import hf_transfer``, without trust_remote_code.
 from .tasks import fusion as _fusion  # noqa: E402,F401  (registration; imports torch and transformers)
+# Likewise the mean-pooled text classifier (model.pooling: mean), with AutoModelForSequenceClassification too, so
+# pipeline("text-classification", model=folder) loads it.
+from .tasks import text_pooling as _text_pooling  # noqa: E402,F401
 
 
 # The functions below import their modules when called.

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .evaluation.extra import BUILT_IN_KEYS
 from .registry import PYPI_WEIGHTS
 from .tasks.base import CardFacts
 from .transferability.ranking import Ranking
@@ -215,13 +216,16 @@ def _metadata(inputs: CardInputs, split: str, report: dict[str, Any]):
 
     bases = [b for b in (hub_id(b) for b in inputs.base_models) if b]
     base = (bases[0] if len(bases) == 1 else bases) or None
-    datasets = [d for d in (hub_id(d) for d in inputs.datasets) if d]
+    datasets = [d for d in (hub_id(d) for d in [*inputs.datasets, _recipe_target(inputs.recipe_yaml)]) if d]
     dataset_type = datasets[0] if datasets else display_name(inputs.datasets[0]) if inputs.datasets else "unknown"
     eval_results = [
         EvalResult(task_type=inputs.task, dataset_type=dataset_type, dataset_name=dataset_type, dataset_split=split,
                    metric_type=metric_type, metric_name=name, metric_args=args, metric_value=round(report[key], 4))
         for key, (metric_type, name, args) in HEADLINE_METRICS.items() if key in report
-    ]
+    ] + [EvalResult(task_type=inputs.task, dataset_type=dataset_type, dataset_name=dataset_type, dataset_split=split,
+                    metric_type=metric_type, metric_name=key, metric_args=args, metric_value=round(value, 4))
+         for key, metric_type, args, value in extra_metric_rows(report, inputs.recipe_yaml)]
+    eval_results += _target_results(inputs)
     facts = inputs.task_facts()
     tags = ["hf-transfer", "transfer-learning", inputs.strategy.replace("_", "-"), *facts.tags, *inputs.tags]
     metric_types = list(dict.fromkeys(metric_type for metric_type, _, _ in HEADLINE_METRICS.values()))
@@ -255,6 +259,98 @@ def modality_rows(metrics: dict[str, Any]) -> dict[str, Any] | None:
             "gain_accuracy": _points(gain["accuracy"]), "gain_f1": _points(gain["f1_macro"])}
 
 
+def extra_metric_rows(report: dict[str, Any], recipe_yaml: str) -> list[tuple[str, str, dict | None, float]]:
+    """``evaluation.extra_metrics`` in a split's report: (key, metric name, compute args, value), one row per number
+    (a metric with several numbers wrote ``<name>_<key>``); built-in keys are never one of them."""
+    try:
+        recipe = yaml.safe_load(recipe_yaml) or {}
+    except yaml.YAMLError:
+        return []
+    evaluation = recipe.get("evaluation") if isinstance(recipe, dict) else None
+    specs = [{"name": item} if isinstance(item, str) else item
+             for item in ((evaluation or {}).get("extra_metrics") or []) if isinstance(item, (str, dict))]
+    owners: dict[str, dict[str, Any]] = {}
+    for spec in sorted(specs, key=lambda spec: -len(str(spec.get("name")))):  # "f1_x" claims "f1_x_y" before "f1"
+        name = str(spec.get("name"))
+        for key, value in report.items():
+            if key not in BUILT_IN_KEYS and key not in owners and (key == name or key.startswith(f"{name}_")) \
+                    and isinstance(value, (int, float)) and not isinstance(value, bool):
+                owners[key] = spec
+    return [(key, str(owners[key]["name"]), owners[key].get("args") or None, float(value))
+            for key, value in report.items() if key in owners]
+
+
+def _recipe_target(recipe_yaml: str) -> str | None:
+    """The domain-adaptation target data (``method.target.path``) of the resolved recipe; None without one."""
+    try:
+        recipe = yaml.safe_load(recipe_yaml) or {}
+    except yaml.YAMLError:
+        return None
+    method = recipe.get("method") if isinstance(recipe, dict) else None
+    target = method.get("target") if isinstance(method, dict) else None
+    path = target.get("path") if isinstance(target, dict) else None
+    return str(path) if path else None
+
+
+def target_split(metrics: dict[str, Any]) -> str | None:
+    """The target domain's report in the metrics of a domain-adaptation run (test, else validation)."""
+    return next((split for split in ("target_test", "target_validation") if split in metrics), None)
+
+
+def _target_results(inputs: CardInputs) -> list:
+    """``model-index`` results on the target domain's dataset, next to the source's."""
+    from huggingface_hub import EvalResult
+
+    split = target_split(inputs.metrics)
+    if split is None:
+        return []
+    target = _recipe_target(inputs.recipe_yaml)
+    dataset = hub_id(target) or display_name(target) or "target"
+    report = inputs.metrics[split]
+    return [EvalResult(task_type=inputs.task, dataset_type=dataset, dataset_name=f"{dataset} (target domain)",
+                       dataset_split=split.removeprefix("target_"), metric_type=metric_type, metric_name=name,
+                       metric_args=args, metric_value=round(report[key], 4))
+            for key, (metric_type, name, args) in HEADLINE_METRICS.items() if key in report]
+
+
+def domain_rows(inputs: CardInputs, split: str) -> dict[str, Any] | None:
+    """Domain adaptation: source and target accuracy side by side, the source-only baseline and the adaptation
+    gain when ``evaluation.compare_source_only`` trained it, and how the checkpoint was chosen."""
+    metrics = inputs.metrics
+    target = target_split(metrics)
+    if target is None:
+        return None
+
+    def cell(report: dict[str, Any] | None) -> str:
+        return f"{_percent(report['accuracy'])} ({_percent(report['f1_macro'])})" if report else "-"
+
+    adaptation = metrics.get("domain_adaptation") or {}
+    rows = [{"name": f"this model (`{adaptation.get('method', 'adapted')}`)", "source": cell(metrics.get(split)),
+             "target": cell(metrics[target])}]
+    gain = None
+    baseline = metrics.get("source_only")
+    if baseline:
+        rows.append({"name": "source only (same recipe, `adversarial_weight: 0`)", "source": cell(baseline.get(split)),
+                     "target": cell(baseline.get(target))})
+        points = metrics.get("adaptation_gain") or {}
+        gain = {domain: _points(points[domain]["accuracy"]) if domain in points else "-"
+                for domain in ("source", "target")}
+    notes = []
+    if adaptation.get("selected_by"):
+        notes.append(f"The checkpoint kept is the one with {adaptation['selected_by']}.")
+    if adaptation.get("adversarial_warmup_steps"):
+        notes.append(f"The adversarial term was off for the first {adaptation['adversarial_warmup_steps']} optimizer "
+                     "steps, then ramped up.")
+    if adaptation.get("lr_schedule") == "dann":
+        notes.append(f"Learning rates followed DANN's annealing mu_0 / (1 + {adaptation.get('lr_alpha', 10):g} p)"
+                     f"^{adaptation.get('lr_beta', 0.75):g} over training progress p.")
+    return {"source_name": display_name(inputs.datasets[0]) if inputs.datasets else "source",
+            "target_name": display_name(_recipe_target(inputs.recipe_yaml)) or "target",
+            "source_split": split, "target_split": target.removeprefix("target_"),
+            "target_samples": metrics[target].get("num_samples", "?"), "rows": rows, "gain": gain,
+            "notes": " ".join(notes)}
+
+
 def _recipe_data(recipe_yaml: str) -> dict[str, Any]:
     """The resolved recipe's ``data`` section ({} when the YAML is not a recipe)."""
     try:
@@ -281,6 +377,15 @@ def missing_text(metrics: dict[str, Any], data_section: dict[str, Any]) -> str |
     mode = data_section.get("missing_modality")
     how = f"`data.missing_modality: {mode}`: {handling[mode]}" if mode in handling else "`data.missing_modality`"
     return "; ".join(parts) + f" ({how})"
+
+
+def unlabelled_text(metrics: dict[str, Any]) -> str:
+    """``metrics['unlabelled']`` (distillation on unlabelled data) in words, to follow the splits; "" without."""
+    unlabelled = metrics.get("unlabelled")
+    if not unlabelled:
+        return ""
+    return (f"; plus {unlabelled['examples']:,} unlabelled examples, learnt from the teacher's soft outputs alone "
+            f"(distillation loss, no labels; {unlabelled.get('passes', 0):g} passes)")
 
 
 def class_weights_text(metrics: dict[str, Any], data_section: dict[str, Any]) -> str | None:
@@ -373,14 +478,17 @@ def render_model_card(inputs: CardInputs, folder: Path | None = None):
     data_section = _recipe_data(inputs.recipe_yaml)
     split_text = ", ".join(f"{name} {summary[name]} examples" + (f" ({splits[name]})" if name in splits else "")
                            for name in ("train", "validation", "test") if name in summary)
+    split_text += unlabelled_text(metrics)
     return ModelCard.from_template(
         _metadata(inputs, split, report), template_path=str(TEMPLATE),
         model_name=inputs.model_name,
         summary=(f"{'An' if inputs.task[0] in 'aeiou' else 'A'} {inputs.task.replace('-', ' ')} model for {len(inputs.label_names)} classes, adapted from "
                  f"{base_text} with the `{inputs.strategy}` transfer strategy of hf-transfer."),
         result_split=split, num_samples=report["num_samples"],
-        headline=[(label, _percent(report[key])) for key, label in HEADLINE_NAMES.items()],
+        headline=[(label, _percent(report[key])) for key, label in HEADLINE_NAMES.items()]
+        + [(key, f"{value:.4f}") for key, _, _, value in extra_metric_rows(report, inputs.recipe_yaml)],
         scratch=_scratch_rows(metrics, split), modalities=modality_rows(metrics), strategy=inputs.strategy,
+        domains=domain_rows(inputs, split),
         strategy_text=_strategy_text(inputs.strategy_options),
         per_class=[{"name": name, "precision": f"{row['precision']:.3f}", "recall": f"{row['recall']:.3f}",
                     "f1": f"{row['f1']:.3f}", "support": row["support"]} for name, row in report["per_class"].items()],

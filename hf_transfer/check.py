@@ -57,6 +57,12 @@ def _check_sample(task: TaskAdapter, data) -> int:
     return checked
 
 
+def _input_report(task: TaskAdapter, recipe: Recipe, data) -> dict[str, Any]:
+    """What the task measures of its inputs under the recipe's preprocessing (text: tokens per text, the chosen
+    ``max_length`` and how many texts it cuts); a task without an ``input_report`` has nothing to add."""
+    return task.input_report(recipe, data)
+
+
 def check_recipe(recipe: Recipe) -> dict[str, Any]:
     run_folder(recipe).check(recipe.to_yaml())  # the run's own rule for where it may write
     check_push_target(recipe.output.hub_model_id, recipe.output.push_to_hub)
@@ -70,6 +76,7 @@ def check_recipe(recipe: Recipe) -> dict[str, Any]:
         "columns": data.columns, "labels": data.label_names, "splits": data.sizes(), "split_sources": data.sources,
         "method": method_preflight(recipe, data.label_names),
         "rows_checked": _check_sample(task, data), "output_dir": recipe.output.dir, "notes": data.notes,
+        **({"inputs": inputs} if (inputs := _input_report(task, recipe, data)) else {}),
         **({"missing_inputs": data.missing} if data.missing else {}),
         **({"class_weights": weights} if (weights := resolve_class_weights(recipe.data.class_weights, data)) else {}),
         "training": plan.summary(data.sizes()),

@@ -194,6 +194,7 @@ def _print_summary(metrics: dict, output_dir, wall_s: float | None = None, pushe
     if "scratch" in metrics:
         line("from scratch", metrics["scratch"].get(split))
         print(f"  {'transfer gain':<24} accuracy {metrics['transfer_gain']['accuracy']:+.2%}")
+    _print_domains(metrics, split)
     modalities = metrics.get("compare_modalities")
     if modalities:  # evaluation.compare_modalities: each input alone, then the fused model
         print(f"Each input alone vs fused ({modalities['split']} split):")
@@ -215,6 +216,29 @@ def _print_summary(metrics: dict, output_dir, wall_s: float | None = None, pushe
         print(f"  on the Hub: https://huggingface.co/{pushed_to}")
     else:
         print(f"  push:    hf-transfer push {folder} user/model-name")
+
+
+def _print_domains(metrics: dict, split: str) -> None:
+    """Domain adaptation (``target_test``/``target_validation`` in the metrics): source and target side by side,
+    with the source-only baseline and the adaptation gain when ``evaluation.compare_source_only`` trained it."""
+    target = "target_test" if "target_test" in metrics else "target_validation"
+    if target not in metrics:
+        return
+
+    def cell(report: dict | None) -> str:
+        return f"{report['accuracy']:.2%} (F1 {report['f1_macro']:.2%})" if report else "-"
+
+    method = (metrics.get("domain_adaptation") or {}).get("method", "adapted")
+    print(f"Source vs target domain (source {split} split, target {target.removeprefix('target_')} split; "
+          "accuracy (macro-F1)):")
+    print(f"  {'':<24} {'source':<22} target")
+    print(f"  {method:<24} {cell(metrics.get(split)):<22} {cell(metrics[target])}")
+    baseline = metrics.get("source_only")
+    if baseline:
+        print(f"  {'source only':<24} {cell(baseline.get(split)):<22} {cell(baseline.get(target))}")
+        gain = metrics.get("adaptation_gain", {})
+        points = [f"{gain[d]['accuracy'] * 100:+.2f} pts" if d in gain else "-" for d in ("source", "target")]
+        print(f"  {'adaptation gain':<24} {points[0]:<22} {points[1]}")
 
 
 def _version() -> str:
@@ -298,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--commit-message", metavar="TEXT",
                       help=f"commit (or pull request) title (default: '{_DEFAULT_COMMIT_MESSAGE}')")
     push.add_argument("--include-subruns", action="store_true",
-                      help="also upload the sub-runs: folds/, stages/, learning_curve/, modalities/ and scratch/ "
-                           "(their checkpoints never)")
+                      help="also upload the sub-runs: folds/, stages/, learning_curve/, modalities/, scratch/ and "
+                           "source_only/ (their checkpoints never)")
     push.set_defaults(run=cmd_push)
     return parser
 

@@ -2,9 +2,16 @@
 
 When the backbone never trains (``linear_probe``), every epoch, every fold of a cross-validation and
 every point of a learning curve would repeat the same backbone forward pass. Instead the pooled
-features (the input of the classification head) are computed once per split, stored as safetensors
-under a key made of the backbone weights, the data fingerprint and the preprocessing, and the head
-trains on them. No library offers this for a Trainer: ``Trainer`` always runs the whole model.
+features (the input of the classification head) are computed once per example and stored as safetensors,
+and the head trains on them. No library offers this for a Trainer: ``Trainer`` always runs the whole model.
+
+The store is keyed in two levels. A *feature space* is everything but the rows: the adapter, the backbone
+weights' sha256 and the preprocessing (and, where the task preprocesses training rows differently, whether the
+rows are training rows). Within a space, each example is keyed by a hash of its input values (the text, the
+image's encoded bytes), not by the split it came in: a fold, a learning-curve point or a re-split holding the same
+examples reads their features back instead of extracting them again. A space is a set of shard files
+``<space>.<shard>.safetensors`` (``features`` and the rows' ``digests``), each written once, atomically; misses are
+computed and added as a new shard, so concurrent runs never rewrite a file another one reads.
 
 A head adapter says how a model splits into "features" and "head". Before the cache is used, the
 adapter is checked on one batch: the head applied to the features must give the model's own logits,
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 import logging
 import os
 import tempfile
@@ -34,7 +42,7 @@ from .tasks.base import get_task
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -188,9 +196,80 @@ def part_preprocessing(description: str, part: str, parts: dict[str, str]) -> st
 
 
 def feature_key(adapter: HeadAdapter | _OnePart, backbone: str, split_fingerprint: str, preprocessing: str) -> str:
+    """One whole split's key (``cached_features``; backbone ranking scores a split at a time)."""
     payload = json.dumps({"version": FORMAT_VERSION, "adapter": adapter.name, "backbone": backbone,
                           "data": split_fingerprint, "preprocessing": preprocessing}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+#: ``feature_space(rows=...)``: evaluation and training rows share a space unless the task preprocesses them apart.
+ANY_ROWS = "any"
+
+
+def feature_space(adapter: HeadAdapter | _OnePart, backbone: str, preprocessing: str, rows: str = ANY_ROWS) -> str:
+    """The key of everything the features depend on besides the example itself (module docstring)."""
+    payload = json.dumps({"version": FORMAT_VERSION, "adapter": adapter.name, "backbone": backbone,
+                          "preprocessing": preprocessing, "rows": rows}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+DIGEST_SIZE = 16
+"""Bytes of an example's content digest (blake2b): 128 bits, no collision among any realistic number of rows."""
+
+
+def _feed(digest, value: Any) -> None:
+    """Hash one input value with its type and length, so that ``["ab"]`` and ``["a", "b"]`` differ. An encoded
+    image (``{bytes, path}``) counts by its bytes, read from the file when only the path is stored."""
+    if value is None:
+        digest.update(b"N")
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        digest.update(b"B%d:" % len(value))
+        digest.update(value)
+    elif isinstance(value, str):
+        encoded = value.encode("utf-8", "surrogatepass")
+        digest.update(b"S%d:" % len(encoded))
+        digest.update(encoded)
+    elif isinstance(value, dict) and {"bytes", "path"} <= set(value):
+        content = value["bytes"]
+        if content is None and value["path"]:
+            try:
+                content = Path(value["path"]).read_bytes()
+            except OSError:  # extraction names the unreadable file; its key is its path meanwhile
+                content = f"unreadable:{value['path']}"
+        _feed(digest, content)
+    elif isinstance(value, dict):
+        digest.update(b"D%d:" % len(value))
+        for key in sorted(value):
+            _feed(digest, str(key))
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)) and value and all(type(item) is int for item in value):
+        try:  # token ids: one C-level conversion instead of one update per id
+            packed = array("q", value).tobytes()
+        except OverflowError:
+            packed = repr(value).encode()
+        digest.update(b"I%d:" % len(value))
+        digest.update(packed)
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"L%d:" % len(value))
+        for item in value:
+            _feed(digest, item)
+    else:  # numbers, booleans
+        _feed(digest, f"{type(value).__name__}:{value!r}")
+
+
+def example_digests(split, columns: list[str], batch_size: int = 1024) -> list[bytes]:
+    """A content digest per row of ``split`` over the input ``columns`` (never the label), read from Arrow
+    (an image column as its stored bytes: nothing is decoded)."""
+    digests: list[bytes] = []
+    table = split.select_columns(columns).with_format("arrow")
+    for start in range(0, len(split), batch_size):
+        batch = table[start:start + batch_size]
+        for values in zip(*(batch.column(column).to_pylist() for column in columns)):
+            digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
+            for value in values:
+                _feed(digest, value)
+            digests.append(digest.digest())
+    return digests
 
 
 # -------------------------------------------------------------------------------------- extraction
@@ -256,10 +335,25 @@ def extract_features(model: nn.Module, adapter: HeadAdapter | _OnePart, split, c
     return features
 
 
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors under a temporary name, then one rename: a reader sees the whole file or none."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        temporary = Path(handle.name)
+    try:
+        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def cached_features(key: str, compute: Callable[[], torch.Tensor], directory: Path | None = None) -> tuple[torch.Tensor, bool]:
     """The features stored under ``key``, computing and storing them (atomically) on a miss."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     path = (directory or cache_dir()) / f"{key}.safetensors"
     if path.is_file():
@@ -268,12 +362,65 @@ def cached_features(key: str, compute: Callable[[], torch.Tensor], directory: Pa
         except (SafetensorError, KeyError, OSError) as error:
             logger.warning("Feature cache file %s is unreadable (%s); computing the features again.", path, error)
     features = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        temporary = Path(handle.name)
-    save_file({"features": features.contiguous()}, temporary, metadata={"key": key})
-    os.replace(temporary, path)
+    _save_atomic({"features": features}, path, {"key": key})
     return features, False
+
+
+def _read_shards(space: str, wanted: dict[bytes, list[int]], directory: Path) -> list[tuple[torch.Tensor, list[bytes]]]:
+    """(features, digests) of the ``wanted`` rows found in the space's shards, each digest once."""
+    from safetensors import SafetensorError, safe_open
+
+    found: set[bytes] = set()
+    parts = []
+    for shard in sorted(directory.glob(f"{space}.*.safetensors")):
+        try:
+            with safe_open(str(shard), framework="pt") as handle:
+                raw = handle.get_tensor("digests").numpy().tobytes()
+                keys = [raw[i:i + DIGEST_SIZE] for i in range(0, len(raw), DIGEST_SIZE)]
+                take = [i for i, key in enumerate(keys) if key in wanted and key not in found]
+                if not take:
+                    continue
+                features = handle.get_tensor("features")[torch.tensor(take)]
+        except (SafetensorError, KeyError, OSError, RuntimeError, ValueError) as error:
+            logger.warning("Feature cache file %s is unreadable (%s); its rows are computed again.", shard, error)
+            continue
+        taken = [keys[i] for i in take]
+        found.update(taken)
+        parts.append((features, taken))
+    return parts
+
+
+def content_cached_features(space: str, digests: list[bytes], compute: Callable[[list[int]], torch.Tensor],
+                            directory: Path | None = None) -> tuple[torch.Tensor, int]:
+    """Features of the rows with these content ``digests``, in their order, and how many examples were computed.
+
+    Rows found in the space's shards are read; the others (each distinct example once) are computed by
+    ``compute(row indices)`` and stored as one new shard, named by its digests.
+    """
+    directory = directory or cache_dir()
+    rows: dict[bytes, list[int]] = {}
+    for row, key in enumerate(digests):
+        rows.setdefault(key, []).append(row)
+    parts = _read_shards(space, rows, directory)
+    found = {key for _, keys in parts for key in keys}
+    missing = [key for key in rows if key not in found]
+    if missing:
+        computed = compute([rows[key][0] for key in missing])
+        joined = b"".join(missing)
+        name = hashlib.sha256(joined).hexdigest()[:16]
+        _save_atomic({"features": computed,
+                      "digests": torch.frombuffer(bytearray(joined), dtype=torch.uint8).reshape(-1, DIGEST_SIZE)},
+                     directory / f"{space}.{name}.safetensors", {"space": space, "format": str(FORMAT_VERSION)})
+        parts.append((computed, missing))
+    if not parts:
+        return compute([]), 0
+    first = parts[0][0]
+    features = torch.empty((len(digests), *first.shape[1:]), dtype=first.dtype)
+    for part, keys in parts:
+        source = [i for i, key in enumerate(keys) for _ in rows[key]]
+        target = [row for key in keys for row in rows[key]]
+        features[torch.tensor(target)] = part[torch.tensor(source)].to(first.dtype)
+    return features, len(missing)
 
 
 # ------------------------------------------------------------------------------------ training the head
@@ -374,8 +521,12 @@ class CachedInputs:
     hits: dict[str, bool]
     extract_s: float
 
+    computed: dict[str, int] | None = None
+    """Examples whose features were extracted, per split (0: all read from the cache)."""
+
     def report(self) -> dict[str, Any]:
-        return {"adapter": self.model.adapter.name, "hits": self.hits, "extract_s": round(self.extract_s, 2)}
+        return {"adapter": self.model.adapter.name, "hits": self.hits, "computed": self.computed or {},
+                "extract_s": round(self.extract_s, 2)}
 
 
 # ------------------------------------------------------------------------------------------ the decision
@@ -421,33 +572,83 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
                     type(model).__name__)
         return None
     preprocessing = preprocessing_description(recipe, data, model, processor)
+    task = get_task(recipe.task)
     parts = OwnSplitHead.parts(model) if isinstance(adapter, OwnSplitHead) else {}
+    preprocessing = _space_description(preprocessing, task.row_captured_identity, parts)
+    spaces = _feature_spaces(model, adapter, backbone, preprocessing, task.train_preprocessing_differs)
+    columns = [data.columns[role] for role in sorted(data.columns) if role in task.input_roles]  # never the label
     sets: dict[str, FeatureSet | None] = {}
     hits: dict[str, bool] = {}
+    computed: dict[str, int] = {}
     for name in ("train", "validation", "test"):
         split, encoded = getattr(data, name), getattr(inputs, name)
         if split is None or encoded is None:
             sets[name] = None
             continue
+        digests = _row_digests(split, encoded, columns)
+        found = []
+        for part, (part_adapter, space) in spaces[name == "train"].items():
+            def extract(indices: list[int], part_adapter=part_adapter, part=part):
+                rows = encoded if indices == list(range(len(encoded))) else encoded.select(indices)
+                return extract_features(model, part_adapter, rows, inputs.collator, args.per_device_eval_batch_size,
+                                        args.dataloader_num_workers, description=f"{name} ({part})" if part else name)
 
-        def extract(part_adapter: HeadAdapter | _OnePart, description: str):
-            return lambda: extract_features(model, part_adapter, encoded, inputs.collator,
-                                            args.per_device_eval_batch_size, args.dataloader_num_workers,
-                                            description=description)
-
-        if parts:  # one cache entry per part: a model sharing a tower reuses that tower's features
-            found = []
-            for part, prefix in parts.items():
-                one = _OnePart(adapter, part)
-                key = feature_key(one, part_digest(model, prefix), split._fingerprint,
-                                  part_preprocessing(preprocessing, part, parts))
-                found.append(cached_features(key, extract(one, f"{name} ({part})")))
-            features, hits[name] = torch.cat([f for f, _ in found], dim=-1), all(hit for _, hit in found)
-        else:
-            key = feature_key(adapter, backbone, split._fingerprint, preprocessing)
-            features, hits[name] = cached_features(key, extract(adapter, name))
+            found.append(content_cached_features(space, digests, extract))
+        features = found[0][0] if len(found) == 1 else torch.cat([f for f, _ in found], dim=-1)
+        computed[name] = max(count for _, count in found)
+        hits[name] = computed[name] == 0
         sets[name] = FeatureSet(features, torch.tensor(column_values(split, LABEL), dtype=torch.long))
-    logger.info("Feature cache (%s): %s", cache_dir(),
-                ", ".join(f"{name} {'hit' if hit else 'computed'}" for name, hit in hits.items()))
+    logger.info("Feature cache (%s): %s", cache_dir(), "; ".join(
+        f"{name} {len(sets[name])} rows, {computed[name] or 'none'} extracted" for name in computed)
+                + ("; nothing extracted, all read from the cache" if not any(computed.values()) else ""))
     return CachedInputs(model=CachedHeadModel(model, adapter), train=sets["train"], validation=sets["validation"],
-                        test=sets["test"], hits=hits, extract_s=time.perf_counter() - started)
+                        test=sets["test"], hits=hits, extract_s=time.perf_counter() - started, computed=computed)
+
+
+def _row_digests(split, encoded, input_columns: list[str]) -> list[bytes]:
+    """Each example's digest: over the model inputs the task stored (a text's token ids after truncation, an image's
+    bytes before its transform), else over the split's input columns."""
+    stored = getattr(encoded, "column_names", None)
+    if stored is not None and hasattr(encoded, "select_columns") and len(encoded) == len(split):
+        columns = [column for column in stored if column != LABEL]
+        if columns:
+            return example_digests(encoded, columns)
+    return example_digests(split, input_columns)
+
+
+def _space_description(description: str, captured: tuple[str, ...], parts: dict[str, str]) -> str:
+    """The preprocessing description without what the rows' digests already show (``row_captured_identity``),
+    at the top level and inside each part's entry."""
+    if not captured:
+        return description
+    described = {key: value for key, value in json.loads(description).items() if key not in captured}
+    for part in parts:
+        if isinstance(described.get(part), dict):
+            described[part] = {k: v for k, v in described[part].items() if k not in captured}
+    return json.dumps(described, sort_keys=True)
+
+
+def _feature_spaces(model: nn.Module, adapter: HeadAdapter, backbone: str, preprocessing: str,
+                    train_differs: tuple[str, ...]) -> dict[bool, dict[str | None, tuple[Any, str]]]:
+    """For evaluation rows (False) and training rows (True): part -> (what extracts it, its feature space).
+
+    A model that caches its features part by part (a fused model's towers) gets one space per part, keyed on
+    that part's weights and preprocessing, so that a model sharing a tower reuses it; others have one part,
+    ``None``. Training rows get spaces of their own only for the parts whose preprocessing the task names in
+    ``train_preprocessing_differs``.
+    """
+    parts = OwnSplitHead.parts(model) if isinstance(adapter, OwnSplitHead) else {}
+    spaces: dict[bool, dict[str | None, tuple[Any, str]]] = {False: {}, True: {}}
+    if parts:
+        for part, prefix in parts.items():
+            one, weights = _OnePart(adapter, part), part_digest(model, prefix)
+            described = part_preprocessing(preprocessing, part, parts)
+            for training in (False, True):
+                rows = "train" if training and part in train_differs else ANY_ROWS
+                spaces[training][part] = (one, feature_space(one, weights, described, rows))
+        return spaces
+    differs = bool(set(train_differs) & set(json.loads(preprocessing)))
+    for training in (False, True):
+        rows = "train" if training and differs else ANY_ROWS
+        spaces[training][None] = (adapter, feature_space(adapter, backbone, preprocessing, rows))
+    return spaces

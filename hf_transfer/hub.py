@@ -7,8 +7,8 @@ in a push that could not have worked.
 
 What is uploaded: the run's own model folder (model, processor, ``README.md``, ``metrics.json``, plots,
 ``recipe.yaml``, the Trainer's results and ``logs/``). Sub-runs (``folds/``, ``stages/``, ``learning_curve/``,
-``modalities/``, ``scratch/``) only when asked for (``include_subruns``); checkpoints, the ownership marker, the
-lock and the hidden ``.previous``/``.next``/``.staging`` folders never, at any depth.
+``modalities/``, ``scratch/``, ``source_only/``) only when asked for (``include_subruns``); checkpoints, the
+ownership marker, the lock and the hidden ``.previous``/``.next``/``.staging`` folders never, at any depth.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import logging
 from pathlib import Path
 
 from .errors import HubError, OutputError
-from .training.outputs import (CHECKPOINTS, CONTAINERS, LOCK_FILE, METRICS_FILE, NEXT, OWNER_FILE, PREVIOUS,
-                               STAGING, holds_claim, lock_holder)
+from .training.outputs import (BASELINES, CHECKPOINTS, CONTAINERS, LOCK_FILE, METRICS_FILE, NEXT, OWNER_FILE,
+                               PREVIOUS, STAGING, holds_claim, lock_holder)
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +27,9 @@ logger = logging.getLogger(__name__)
 #: marker, the lock, ``.previous``, ``.next``, ``.staging``, ``write_atomic``'s temporary files) starts with a dot.
 NEVER_UPLOADED = [".*", "*/.*", f"{CHECKPOINTS}/*", f"*/{CHECKPOINTS}/*", OWNER_FILE, LOCK_FILE,
                   f"{PREVIOUS}/*", f"{NEXT}/*", f"{STAGING}/*", "*-initial-weights/*"]
-#: Folders of sub-runs: the from-scratch baseline and the protocols' runs (cross-validation folds, stages,
-#: learning-curve fractions, each input alone). Uploaded only with ``include_subruns``.
-SUBRUN_FOLDERS = ("scratch", *CONTAINERS)
+#: Folders of sub-runs: the baselines (from scratch, source only) and the protocols' runs (cross-validation folds,
+#: stages, learning-curve fractions, each input alone). Uploaded only with ``include_subruns``.
+SUBRUN_FOLDERS = (*BASELINES, *CONTAINERS)
 #: What a plain push leaves out: sub-runs and everything in ``NEVER_UPLOADED``.
 NOT_UPLOADED = [*NEVER_UPLOADED, *(f"{name}/*" for name in SUBRUN_FOLDERS)]
 
@@ -169,7 +169,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, commit_
     ``private``: create the repo private (an existing repo keeps its visibility). ``revision``: the branch to
     commit to, created from ``main`` if it does not exist (with ``create_pr``: the existing branch the pull request
     targets). ``create_pr``: open a pull request instead of committing (needs no write access to the repo). ``include_subruns``: also upload the
-    sub-runs (``folds/``, ``stages/``, ``learning_curve/``, ``modalities/``, ``scratch/``). Checkpoints, the ownership
+    sub-runs (``folds/``, ``stages/``, ``learning_curve/``, ``modalities/``, ``scratch/``, ``source_only/``). Checkpoints, the ownership
     marker, the lock and hidden folders are never uploaded (see ``files_to_upload``).
     """
     from huggingface_hub import HfApi

@@ -80,6 +80,10 @@ def _check_training_booleans(training: dict[str, Any]) -> None:
         raise boolean_for_string(f"training.{key}", value, example, choices)
 
 
+TIME_BUDGET = "time_budget"
+#: ``training`` keys that hf-transfer reads itself, next to the ``TrainingArguments`` fields
+#: (``time_budget``: ``hf_transfer.training.budget``); ``build_training_arguments`` leaves them out.
+OWN_TRAINING_KEYS = frozenset({TIME_BUDGET})
 #: Fields hf-transfer owns: they follow from ``output.*`` or from the task.
 MANAGED = {"output_dir", "remove_unused_columns", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo",
            "resume_from_checkpoint", "hub_strategy", "hub_always_push", "logging_dir"}
@@ -138,7 +142,7 @@ def training_argument_fields() -> frozenset[str]:
 
 def validate_training_section(training: dict[str, Any]) -> None:
     """Reject unknown, managed and impossible keys without building anything heavy."""
-    valid = training_argument_fields()
+    valid = training_argument_fields() | OWN_TRAINING_KEYS
     for key, value in training.items():
         if key in MANAGED:
             hint = _MANAGED_HINTS.get(key, "use the 'output' section instead")
@@ -206,6 +210,10 @@ class ModelSection:
     text: str | None = None
     """The text encoder of a task with several towers, any reference the text task accepts."""
     fusion: FusionSection = field(default_factory=FusionSection)
+    pooling: Literal["auto", "mean", "cls"] = "auto"
+    """Text encoders: what the classifier reads, the ``mean`` of the token states (a mean-pooled classifier that
+    loads after ``import hf_transfer``) or the first token (``cls``: transformers' own classifier, as is);
+    ``auto``: mean when the checkpoint's sentence-transformers config pools by mean, else cls."""
 
     def __post_init__(self) -> None:
         _require(self.name_or_path is not None or self.image is not None or self.text is not None,
@@ -310,7 +318,14 @@ class DataSection:
     """Overrides the model's input size (e.g. 128 for 32x32 CIFAR on a CPU); saved into the model config."""
     crop_pct: float | None = None
     """Overrides the evaluation center-crop fraction; 1.0 keeps whole low-resolution images."""
-    max_length: int = 128
+    max_length: int | str = AUTO
+    """Tokens per text (special tokens included), or ``auto``: the 95th percentile of the training texts' token
+    counts, capped at the model's own limit (sentence-transformers ``max_seq_length``, ``max_position_embeddings``,
+    the tokenizer's ``model_max_length``). ``hf-transfer check`` and the run log say how many texts are cut."""
+    truncation: Literal["head", "tail", "head_tail"] = "head"
+    """Which tokens of a longer text are kept: the first (``head``), the last (``tail``), or the first quarter and
+    the last three quarters of the budget (``head_tail``: Sun et al. 2019, "How to Fine-Tune BERT for Text
+    Classification", best on IMDb). ``tail`` and ``head_tail`` read one text column, not text pairs."""
     on_bad_example: Literal["error", "skip"] = "error"
     """``error``: stop before training and name the bad rows; ``skip``: drop them and list them in metrics.json."""
     missing_modality: Literal["error", "skip", "learn"] = "error"
@@ -348,7 +363,8 @@ class DataSection:
             _require(bool(self.class_weights) and all(w >= 0 and w == w and w != float("inf") for w in self.class_weights)
                      and any(w > 0 for w in self.class_weights),
                      f"'data.class_weights' must list finite weights >= 0 (not all 0); got {short(self.class_weights)}.")
-        _require(8 <= self.max_length <= 8192, f"'data.max_length' must be between 8 and 8192 tokens; got {self.max_length}.")
+        _require(self.max_length == AUTO or isinstance(self.max_length, int) and 8 <= self.max_length <= 8192,
+                 f"'data.max_length' must be auto or between 8 and 8192 tokens; got {short(self.max_length)}.")
 
 
 @dataclass
@@ -420,6 +436,33 @@ class MethodSection:
 
 
 @dataclass
+class ExtraMetric:
+    """One Hugging Face ``evaluate`` metric (``evaluation.extra_metrics``), computed on every evaluated split."""
+
+    name: str
+    """Its key in ``metrics.json`` and the card; also what ``evaluate.load`` loads when ``path`` is unset."""
+    path: str | None = None
+    """A local metric folder or script (or a Hub id) for ``evaluate.load``; offline, a local copy."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the metric's ``compute``, e.g. ``{average: macro}``."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name.strip()), "'evaluation.extra_metrics' names a metric with an empty name.")
+
+    @classmethod
+    def parse(cls, item: Any, where: str) -> "ExtraMetric":
+        """A metric name or a mapping ``{name, path, args}``; anything else is one error naming ``where``."""
+        if isinstance(item, cls):
+            return item
+        if isinstance(item, str) and item.strip():
+            return cls(name=item.strip())
+        if isinstance(item, dict):
+            return from_dict(cls, item, f"{where}.")
+        raise RecipeError(f"'{where}' must be an evaluate metric name (e.g. matthews_correlation) or a mapping "
+                          f"{{name: ..., path: /local/metric/folder, args: {{...}}}}; got {short(item)}.")
+
+
+@dataclass
 class EvaluationSection:
     """What is measured after training."""
 
@@ -442,8 +485,19 @@ class EvaluationSection:
     learning_curve: list[float] | None = None
     """Train fractions (e.g. ``[0.01, 0.1, 0.5, 1.0]``), each trained pretrained and from scratch on a seeded
     stratified subset in ``<output>/learning_curve/``; a table and a PNG go into the model folder."""
+    compare_source_only: bool = False
+    """Domain adaptation (``method: dann``): also train the same recipe with ``method.adversarial_weight: 0`` in
+    ``<output>/source_only`` and report source and target accuracy of both, and the adaptation gain."""
+    extra_metrics: list[Any] = field(default_factory=list)
+    """Hugging Face ``evaluate`` metrics (names or ``{name, path, args}``) computed next to the built-in ones;
+    loading runs the metric's script, and is checked before training."""
 
     def __post_init__(self) -> None:
+        self.extra_metrics = [ExtraMetric.parse(item, f"evaluation.extra_metrics[{i}]")
+                              for i, item in enumerate(self.extra_metrics)]
+        names = [metric.name for metric in self.extra_metrics]
+        _require(len(set(names)) == len(names), f"'evaluation.extra_metrics' names a metric twice ({', '.join(names)}); "
+                 "give each its own name (the key in metrics.json).")
         _require(self.early_stopping_patience is None or self.early_stopping_patience > 0,
                  "'evaluation.early_stopping_patience' must be a positive integer.")
         _require(self.cross_validate is None or self.cross_validate >= 2,
@@ -453,6 +507,10 @@ class EvaluationSection:
                      "'evaluation.learning_curve' must list train fractions in (0, 1], e.g. [0.1, 0.5, 1.0]; "
                      f"got {short(self.learning_curve)}.")
             self.learning_curve = sorted(set(self.learning_curve))
+        _require(not self.compare_source_only or not (self.cross_validate or self.learning_curve
+                                                      or self.compare_modalities),
+                 "'evaluation.compare_source_only' does not combine with cross-validation, learning curves or "
+                 "compare_modalities yet: run the comparison as its own recipe.")
 
 
 @dataclass
@@ -673,4 +731,4 @@ _SECTION_REPLACERS: dict[str, Callable[[Any, list[Change]], Any]] = {
 
 
 __all__ = ["Recipe", "ModelSection", "DataSection", "AugmentationSection", "StrategySection", "MethodSection",
-           "EvaluationSection", "OutputSection", "TASKS"]
+           "EvaluationSection", "ExtraMetric", "OutputSection", "TASKS"]

@@ -87,7 +87,7 @@ def test_how_to_use_and_metadata_come_from_the_task_adapter():
     assert text.data.library_name == "transformers" and text.data.pipeline_tag == "text-classification"
     assert 'pipeline("text-classification", model="path/to/this/folder")' in text.text
     assert "timm" not in text.text.split("## How to use")[1].split("## Training")[0]
-    assert "**Input:** text truncated to 128 tokens" in text.text
+    assert "**Input:** text truncated to the 95th percentile of the training texts' token counts" in text.text
 
 
 def test_a_task_without_adapter_facts_still_gets_a_card():

@@ -17,6 +17,7 @@ from ..models.sources import resolve_model_source
 from ..recipe import Recipe
 from ..tasks.base import get_task
 from ..training.outputs import RECIPE_FILE
+from .extra import load_extra_metrics
 from .predict import evaluate_split, predictor
 
 
@@ -55,6 +56,7 @@ def evaluate_model(model_dir: str | Path, data_path: str, split: str = "test",
                                                         "model.image=null", "model.text=null",  # the folder has them
                                                         "model.pretrained=true", *(overrides or [])])
     resolve_model_source(str(model_dir), recipe.task, field="model_dir")  # weights and JSON files, before the data
+    extra = load_extra_metrics(recipe.evaluation.extra_metrics)  # the run's own evaluate metrics, if any
     raw = load_raw(recipe.data)
     if split not in raw:
         raise DataError(f"Split '{split}' not found in '{data_path}'. Splits: {', '.join(raw)}.")
@@ -74,4 +76,4 @@ def evaluate_model(model_dir: str | Path, data_path: str, split: str = "test",
     inputs = task.model_inputs(recipe, data, model, processor)
     with tempfile.TemporaryDirectory() as scratch:
         return evaluate_split(predictor(model, processor, inputs.collator, batch_size, scratch), inputs.validation,
-                              names, split)
+                              names, split, extra)

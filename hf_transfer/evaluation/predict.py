@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
+from .extra import ExtraMetricSet
 from .metrics import classification_report
 
 
@@ -30,11 +31,13 @@ def predictor(model: nn.Module, processor: Any, collator: Callable, batch_size: 
                    processing_class=processor)
 
 
-def evaluate_split(trainer: Trainer, dataset, label_names: list[str], prefix: str) -> dict[str, Any]:
-    """Predict a whole split and return the full classification report (with the loss)."""
+def evaluate_split(trainer: Trainer, dataset, label_names: list[str], prefix: str,
+                   extra: ExtraMetricSet = ExtraMetricSet()) -> dict[str, Any]:
+    """Predict a whole split and return the full classification report (with the loss and ``extra`` metrics)."""
     output = trainer.predict(dataset, metric_key_prefix=prefix)
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    report = classification_report(output.label_ids, np.argmax(logits, axis=-1), label_names)
+    predictions = np.argmax(logits, axis=-1)
+    report = classification_report(output.label_ids, predictions, label_names)
     if f"{prefix}_loss" in output.metrics:
         report["loss"] = float(output.metrics[f"{prefix}_loss"])
-    return report
+    return extra.add_to(report, output.label_ids, predictions)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from safetensors.torch import load_file, save_file
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
@@ -31,6 +35,19 @@ from .base import Method, classifier_layer, unwrap
 logger = logging.getLogger(__name__)
 
 
+#: ``method.selection`` -> (the evaluation metric ``training.metric_for_best_model`` becomes, greater is better,
+#: what the card says). ``source_val`` leaves the recipe's own metric on the source validation split.
+SELECTIONS: dict[str, tuple[str | None, bool, str]] = {
+    "source_val": (None, True, "the best source validation score (`training.metric_for_best_model`)"),
+    "target_entropy": ("target_entropy", False, "the lowest mean prediction entropy on the target validation "
+                                                "images (their labels unused)"),
+    "target_val": ("target_labelled_accuracy", True, "the best accuracy on a small labelled target validation set "
+                                                     "(`target_labelled_per_class` examples per class)"),
+}
+#: Training fields that ``lr_schedule: dann`` replaces; a recipe setting them asks for two schedules.
+SCHEDULE_FIELDS = ("lr_scheduler_type", "warmup_steps", "warmup_ratio", "lr_scheduler_kwargs")
+
+
 @dataclass
 class DannOptions:
     target: DataSection
@@ -47,18 +64,54 @@ class DannOptions:
     hidden_size: int = 256
     """Width of the domain classifier's hidden layer."""
     ramp_gamma: float = 10.0
-    """Reversal coefficient ``lambda = 2 / (1 + exp(-gamma p)) - 1`` at training progress ``p``."""
+    """Reversal coefficient ``lambda = 2 / (1 + exp(-gamma p)) - 1`` at progress ``p`` of the steps after warm-up."""
+    warmup_steps: int = 0
+    """Optimizer steps at the start with ``lambda = 0``: the label classifier learns the source first (the domain
+    classifier already trains, on detached features), then lambda ramps over the remaining steps. With the ramp
+    tied to all steps, a one-epoch run reaches lambda ~ 1 by mid-run."""
+    warmup_fraction: float = 0.0
+    """The warm-up as a share of all optimizer steps (e.g. 0.3); set this or ``warmup_steps``."""
+    lr_schedule: Literal["none", "dann"] = "none"
+    """``dann``: the paper's annealing ``mu_p = mu_0 / (1 + lr_alpha p)^lr_beta`` over all steps, for every learning
+    rate (backbone, head, domain classifier), instead of ``training.lr_scheduler_type`` and its warm-up;
+    ``none``: the Trainer's schedule."""
+    lr_alpha: float = 10.0
+    """``alpha`` of the annealing (the paper's 10)."""
+    lr_beta: float = 0.75
+    """``beta`` of the annealing (the paper's 0.75)."""
+    selection: Literal["source_val", "target_entropy", "target_val"] = "source_val"
+    """Which evaluated checkpoint the run keeps (``training.load_best_model_at_end``): ``source_val`` by
+    ``training.metric_for_best_model`` on the source validation split; ``target_entropy`` by the lowest mean
+    prediction entropy on the target validation images (unsupervised); ``target_val`` by the accuracy on
+    ``target_labelled_per_class`` labelled examples per class of the target validation split."""
+    joint_forward: bool = True
+    """Models with BatchNorm: source and target batches go through the model together, so they share batch
+    statistics in training as they share the saved running statistics at test time. False: one pass per domain,
+    each normalised with its own statistics; the model then leans on per-domain statistics it will not have at
+    test time, and source or target accuracy drops (docs/performance.md)."""
     domain_learning_rate: float | None = None
     """Learning rate of the domain classifier; defaults to ``training.learning_rate``."""
 
     def __post_init__(self) -> None:
-        for name in ("source_weight", "target_weight", "adversarial_weight", "ramp_gamma"):
+        for name in ("source_weight", "target_weight", "adversarial_weight", "ramp_gamma", "lr_alpha", "lr_beta"):
             if getattr(self, name) < 0:
                 raise RecipeError(f"'method.{name}' must be >= 0; got {getattr(self, name)}.")
         if self.target_labelled_per_class < 0 or self.hidden_size < 1:
             raise RecipeError("'method.target_labelled_per_class' must be >= 0 and 'method.hidden_size' >= 1.")
         if self.domain_learning_rate is not None and self.domain_learning_rate <= 0:
             raise RecipeError(f"'method.domain_learning_rate' must be > 0; got {self.domain_learning_rate}.")
+        if self.warmup_steps < 0 or not 0 <= self.warmup_fraction < 1:
+            raise RecipeError(f"'method.warmup_steps' must be >= 0 and 'method.warmup_fraction' in [0, 1); got "
+                              f"{self.warmup_steps} and {self.warmup_fraction}.")
+        if self.warmup_steps and self.warmup_fraction:
+            raise RecipeError("'method.warmup_steps' and 'method.warmup_fraction' both set: keep one of them.")
+        if self.selection == "target_val" and not self.target_labelled_per_class:
+            raise RecipeError("'method.selection' = target_val needs labelled target examples: set "
+                              "'method.target_labelled_per_class' > 0, or choose target_entropy or source_val.")
+
+    def warmup(self, total_steps: int) -> int:
+        """Optimizer steps with the reversal coefficient held at 0."""
+        return self.warmup_steps or round(self.warmup_fraction * total_steps)
 
 
 class GradientReversal(torch.autograd.Function):
@@ -81,6 +134,40 @@ def grad_reverse(features: torch.Tensor, coefficient: float) -> torch.Tensor:
 def reversal_coefficient(progress: float, gamma: float = 10.0) -> float:
     """Ganin & Lempitsky's ramp from 0 to 1: early, noisy domain gradients must not disturb the features."""
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
+
+
+def adversarial_coefficient(step: int, total_steps: int, warmup: int = 0, gamma: float = 10.0) -> float:
+    """0 during the first ``warmup`` steps, then the ramp over the steps that remain."""
+    if step < warmup:
+        return 0.0
+    return reversal_coefficient(min((step - warmup) / max(total_steps - warmup, 1), 1.0), gamma)
+
+
+def annealed_rate(progress: float, alpha: float = 10.0, beta: float = 0.75) -> float:
+    """DANN's learning-rate factor ``1 / (1 + alpha p)^beta`` (Ganin et al., JMLR 2016, section 5.2.2)."""
+    return (1.0 + alpha * progress) ** -beta
+
+
+@dataclass
+class AnnealedSchedule:
+    """A ``LambdaLR`` factor: :func:`annealed_rate` at optimizer step ``step`` of ``total_steps``.
+
+    A callable object rather than a closure, so ``LambdaLR.state_dict`` saves its fields with the checkpoint.
+    """
+
+    total_steps: int
+    alpha: float
+    beta: float
+
+    def __call__(self, step: int) -> float:
+        return annealed_rate(min(step / max(self.total_steps, 1), 1.0), self.alpha, self.beta)
+
+
+def entropy(logits: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) of each row's softmax."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return -(np.exp(log_p) * log_p).sum(axis=-1)
 
 
 def target_section(recipe: Recipe, target: DataSection) -> DataSection:
@@ -111,6 +198,27 @@ def domain_classifier(in_features: int, hidden: int) -> nn.Module:
                          nn.Linear(hidden, 1))
 
 
+def stackable(batches: list[dict[str, Any]]) -> bool:
+    """Whether the batches hold the same tensors up to the batch size (images of one size: yes; texts padded to
+    their own longest: rarely), so that one forward pass can take them together."""
+    first = batches[0]
+    return all(batch.keys() == first.keys() and all(
+        torch.is_tensor(value) and torch.is_tensor(batch[key]) and value.shape[1:] == batch[key].shape[1:]
+        for key, value in first.items()) for batch in batches[1:])
+
+
+@contextmanager
+def momentum(layers: dict[nn.Module, float | None]) -> Iterator[None]:
+    """BatchNorm ``layers`` with the given momentum inside the block, and 0 (no running-statistics update) after."""
+    for layer, value in layers.items():
+        layer.momentum = value
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.momentum = 0.0
+
+
 def endless(loader: DataLoader) -> Iterator[dict[str, Any]]:
     while True:
         yield from loader
@@ -128,6 +236,11 @@ class DANN(Method):
     The domain classifier lives outside the model: it is not part of the saved model folder, but every
     checkpoint carries it so that a resumed run goes on with it (target batches are drawn afresh after a
     resume, so such a run is close to, not identical with, an uninterrupted one).
+
+    The schedule follows the paper (Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016):
+    the reversal coefficient ramps from 0 to 1, optionally after a warm-up on the source alone, and
+    ``lr_schedule: dann`` anneals the learning rate. Every evaluation also measures the target validation split
+    (``eval_target_accuracy``, ``eval_target_entropy`` in the logs), which ``selection`` can keep the checkpoint by.
     """
 
     Options = DannOptions
@@ -143,9 +256,14 @@ class DANN(Method):
         self.labelled: Iterator | None = None
         self.coefficient = 0.0
         self._labelled_indices: list[int] | None = None
+        self._selection_indices: list[int] | None = None
+        self._momenta: dict[nn.Module, float | None] = {}
+        """BatchNorm layers and their momentum, while joint passes alone move the running statistics."""
 
     def preflight(self, recipe, task, label_names: list[str] | None = None) -> dict[str, Any]:
-        """The target data loads with the task's columns (and, given the run's labels, the same label set)."""
+        """The options agree with ``training``; the target data loads with the task's columns (and, given the
+        run's labels, the same label set)."""
+        check_training(self.options, recipe.training)
         section = target_section(recipe, self.options.target)
         target = load_target(section, task, recipe.seed, label_names)
         return {"target": {"path": section.path, "columns": target.columns, "labels": target.label_names,
@@ -158,9 +276,16 @@ class DANN(Method):
         layer.register_forward_pre_hook(self._capture)
         self.discriminator = domain_classifier(layer.in_features, self.options.hidden_size).to(trainer.args.device)
         self.target_inputs, target = self._target_inputs(recipe, data, trainer)
-        self._labelled_indices = (per_class_indices(column_values(target.train, LABEL),
-                                                    self.options.target_labelled_per_class, int(trainer.args.seed))
-                                  if self.options.target_labelled_per_class else None)
+        per_class, seed = self.options.target_labelled_per_class, int(trainer.args.seed)
+        if per_class:
+            self._labelled_indices = per_class_indices(column_values(target.train, LABEL), per_class, seed)
+            self._selection_indices = per_class_indices(column_values(target.validation, LABEL), per_class, seed)
+        target_passes = self.options.adversarial_weight > 0 or (per_class and self.options.target_weight > 0)
+        if self.options.joint_forward and target_passes:
+            self._momenta = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        metric, greater_is_better, _ = SELECTIONS[self.options.selection]
+        if metric is not None:  # the Trainer keeps the checkpoint by it; preflight refused a conflicting recipe
+            trainer.args.metric_for_best_model, trainer.args.greater_is_better = metric, greater_is_better
         self.start_target_batches(resumed_at_step=0)
 
     def start_target_batches(self, resumed_at_step: int) -> None:
@@ -196,35 +321,190 @@ class DANN(Method):
     def loss_terms(self, model: nn.Module, inputs: dict[str, Any], outputs: Any,
                    ce: torch.Tensor) -> dict[str, torch.Tensor]:
         options = self.options
-        source_features = self.features
-        terms = {"ce": options.source_weight * ce}
+        parts = {"source": inputs}
         if self.labelled is not None and options.target_weight > 0:
-            target_outputs, labels = self._forward(model, next(self.labelled))
-            terms["target_ce"] = options.target_weight * F.cross_entropy(target_outputs.logits, labels)
+            parts["labelled"] = next(self.labelled)
         if options.adversarial_weight > 0:
-            self._forward(model, next(self.unlabelled))
+            parts["unlabelled"] = next(self.unlabelled)
             state = self.trainer.state
-            self.coefficient = reversal_coefficient(state.global_step / max(state.max_steps, 1), options.ramp_gamma)
-            features = torch.cat([source_features, self.features]).float()
-            domains = torch.cat([features.new_zeros(len(source_features)), features.new_ones(len(self.features))])
-            logits = self.discriminator(grad_reverse(features, self.coefficient)).squeeze(-1)
-            terms["adv"] = options.adversarial_weight * F.binary_cross_entropy_with_logits(logits, domains)
+            self.coefficient = adversarial_coefficient(state.global_step, state.max_steps,
+                                                       options.warmup(state.max_steps), options.ramp_gamma)
+        if len(parts) > 1 and self._momenta and not stackable(list(parts.values())):
+            logger.warning("DANN: source and target batches differ in shape; they go through the model one at a "
+                           "time (method.joint_forward) from now on.")
+            self.end_joint_passes()
+            self._momenta = {}
+        if len(parts) > 1 and self._momenta:
+            logits, features = self._joint_forward(model, parts)
+            ce = self._cross_entropy(logits["source"], inputs[LABEL])  # with the target in the batch statistics
+        else:
+            logits, features = self._separate_forwards(model, parts)
+        terms = {"ce": options.source_weight * ce}
+        if "labelled" in parts:
+            labels = parts["labelled"][LABEL].to(self.trainer.args.device)
+            terms["target_ce"] = options.target_weight * F.cross_entropy(logits["labelled"], labels)
+        if "unlabelled" in parts:
+            source, target = features["source"], features["unlabelled"]
+            both = torch.cat([source, target]).float()
+            if self.coefficient == 0:  # the domain classifier still learns, on features the backbone does not see change
+                both = both.detach()
+            domains = torch.cat([both.new_zeros(len(source)), both.new_ones(len(target))])
+            scores = self.discriminator(grad_reverse(both, self.coefficient)).squeeze(-1)
+            terms["adv"] = options.adversarial_weight * F.binary_cross_entropy_with_logits(scores, domains)
         self.features = None
         return terms
+
+    def _joint_forward(self, model: nn.Module, parts: dict[str, dict[str, Any]]):
+        """One pass over the source and target batches together; logits and pooled features by part.
+
+        The Trainer's own source pass before it ran with the running statistics frozen: only this pass, over
+        both domains, moves them.
+        """
+        device = self.trainer.args.device
+        sizes = [len(batch[LABEL]) for batch in parts.values()]
+        joint = {key: torch.cat([batch[key].to(device) for batch in parts.values()])
+                 for key in parts["source"] if key != LABEL}
+        with momentum(self._momenta):
+            outputs = model(**joint)
+        return dict(zip(parts, outputs.logits.split(sizes))), dict(zip(parts, self.features.split(sizes)))
+
+    def _separate_forwards(self, model: nn.Module, parts: dict[str, dict[str, Any]]):
+        """One pass per target batch after the Trainer's source pass (models without BatchNorm: the same result)."""
+        logits, features = {}, {"source": self.features}
+        if "labelled" in parts:
+            logits["labelled"] = self._forward(model, parts["labelled"])[0].logits
+        if "unlabelled" in parts:
+            with torch.set_grad_enabled(self.coefficient > 0):  # no reversed gradient yet: no backward through it
+                self._forward(model, parts["unlabelled"])
+            features["unlabelled"] = self.features
+        return logits, features
+
+    def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The Trainer's source loss, recomputed on the joint pass: class weights and label smoothing included."""
+        weight = self.trainer.class_weights
+        return F.cross_entropy(logits.float(), labels.to(logits.device),
+                               weight=None if weight is None else weight.to(logits.device),
+                               label_smoothing=self.trainer.args.label_smoothing_factor)
+
+    def start_joint_passes(self) -> None:
+        """Freeze the running statistics outside the joint passes (training begins)."""
+        for layer in self._momenta:
+            layer.momentum = 0.0
+
+    def end_joint_passes(self) -> None:
+        """Give the BatchNorm layers their momentum back (training ends, or batches cannot be joined)."""
+        for layer, value in self._momenta.items():
+            layer.momentum = value
+
+    def target_scores(self) -> dict[str, float]:
+        """The target validation split's accuracy and mean prediction entropy (and, with labelled target examples,
+        the accuracy on the small labelled selection set), named as ``Trainer.evaluate`` names its metrics."""
+        output = self.trainer.predict(self.target_inputs.validation, metric_key_prefix="target_validation")
+        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        correct = np.argmax(logits, axis=-1) == np.asarray(output.label_ids)
+        scores = {"eval_target_accuracy": round(float(correct.mean()), 6),
+                  "eval_target_entropy": round(float(entropy(np.asarray(logits, dtype=np.float64)).mean()), 6)}
+        if self._selection_indices is not None:
+            scores["eval_target_labelled_accuracy"] = round(float(correct[self._selection_indices].mean()), 6)
+        return scores
 
     def parameter_groups(self, learning_rate: float, weight_decay: float) -> list[dict[str, Any]]:
         lr = self.options.domain_learning_rate or learning_rate
         return [{"params": list(self.discriminator.parameters()), "lr": lr, "weight_decay": weight_decay}]
 
     def callbacks(self) -> list[TrainerCallback]:
-        return [_SingleProcessOnly(), DomainClassifierCheckpoint(self)]
+        callbacks = [_SingleProcessOnly(), DomainClassifierCheckpoint(self), TargetEvaluation(self),
+                     JointPasses(self)]
+        if self.options.lr_schedule == "dann":
+            callbacks.append(AnnealedLearningRate(self.options.lr_alpha, self.options.lr_beta))
+        return callbacks
 
     def extra_metrics(self, trainer, label_names: list[str]) -> dict[str, Any]:
         metrics = {"target_validation": evaluate_split(trainer, self.target_inputs.validation, label_names,
                                                        "target_validation")}
         if self.target_inputs.test is not None:
             metrics["target_test"] = evaluate_split(trainer, self.target_inputs.test, label_names, "target_test")
+        options, total = self.options, int(trainer.state.max_steps)
+        metric, _, selected_by = SELECTIONS[options.selection]
+        metrics["domain_adaptation"] = {
+            "method": "dann", "selection": options.selection,
+            "selection_metric": metric or trainer.args.metric_for_best_model, "selected_by": selected_by,
+            "lr_schedule": options.lr_schedule, "lr_alpha": options.lr_alpha, "lr_beta": options.lr_beta,
+            "adversarial_warmup_steps": options.warmup(total),
+            "final_coefficient": round(self.coefficient, 6)}
         return metrics
+
+
+def check_training(options: DannOptions, training: dict[str, Any]) -> None:
+    """Refuse ``training`` fields that the options replace, before anything is loaded or trained."""
+    if options.lr_schedule == "dann":
+        clash = [name for name in SCHEDULE_FIELDS if name in training]
+        if clash:
+            raise RecipeError(f"'method.lr_schedule' = dann replaces training.{clash[0]} (the annealing sets every "
+                              "learning rate): remove it, or set method.lr_schedule: none.")
+    if options.selection == "source_val":
+        return
+    if "metric_for_best_model" in training:
+        raise RecipeError(f"'method.selection' = {options.selection} chooses the checkpoint, but "
+                          f"training.metric_for_best_model = {training['metric_for_best_model']!r} too: remove one.")
+    if training.get("load_best_model_at_end") is False or training.get("eval_strategy", "epoch") == "no":
+        raise RecipeError(f"'method.selection' = {options.selection} picks among evaluated checkpoints: keep "
+                          "training.load_best_model_at_end true and training.eval_strategy other than 'no'.")
+
+
+class TargetEvaluation(TrainerCallback):
+    """Adds :meth:`DANN.target_scores` to every evaluation, before the Trainer compares it with the best so far.
+
+    ``on_evaluate`` receives the very dict of metrics that ``Trainer`` then reads ``metric_for_best_model`` from;
+    the scores also join that evaluation's entry of the log history.
+    """
+
+    def __init__(self, method: DANN) -> None:
+        self.method = method
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics is None or self.method.target_inputs is None:
+            return
+        scores = self.method.target_scores()
+        metrics.update(scores)
+        last = state.log_history[-1] if state.log_history else {}
+        if last.get("step") == state.global_step and "eval_loss" in last:
+            last.update(scores)
+
+
+class JointPasses(TrainerCallback):
+    """Only the joint passes move the BatchNorm running statistics during training; the momentum is back after."""
+
+    def __init__(self, method: DANN) -> None:
+        self.method = method
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.method.start_joint_passes()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.method.end_joint_passes()
+
+
+class AnnealedLearningRate(TrainerCallback):
+    """``lr_schedule: dann``: the Trainer's ``LambdaLR`` gets :class:`AnnealedSchedule` as the factor of every group.
+
+    Done when training begins, after the scheduler exists and a resumed run has loaded its state; the current
+    learning rates are set at once, so the first step (or the first after a resume) already follows the annealing.
+    """
+
+    def __init__(self, alpha: float, beta: float) -> None:
+        self.alpha, self.beta = alpha, beta
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        if not isinstance(lr_scheduler, LambdaLR):
+            raise RecipeError(f"'method.lr_schedule' = dann needs the Trainer's own LambdaLR scheduler; this run has "
+                              f"{type(lr_scheduler).__name__}: set method.lr_schedule: none.")
+        schedule = AnnealedSchedule(int(state.max_steps), self.alpha, self.beta)
+        groups = lr_scheduler.optimizer.param_groups
+        lr_scheduler.lr_lambdas = [schedule] * len(groups)
+        for group, base in zip(groups, lr_scheduler.base_lrs):
+            group["lr"] = base * schedule(lr_scheduler.last_epoch)
+        lr_scheduler._last_lr = [group["lr"] for group in groups]
 
 
 class DomainClassifierCheckpoint(TrainerCallback):

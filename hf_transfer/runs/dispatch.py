@@ -8,6 +8,7 @@ from .auto import finetune_auto
 from .modalities import run_modalities
 from .protocols import run_protocols
 from .scratch import run_compared
+from .source_only import run_source_only
 from .stages import run_stages
 
 
@@ -16,8 +17,11 @@ def finetune(recipe: Recipe, write_card: bool = True) -> FinetuneResult:
 
     ``model.name_or_path: auto`` ranks ``model.candidates`` first; stages, cross-validation and learning curves
     train their sub-runs first; ``evaluation.compare_modalities`` trains each input alone first and
-    ``evaluation.compare_to_scratch`` the from-scratch baseline.
+    ``evaluation.compare_to_scratch`` the from-scratch baseline; ``evaluation.compare_source_only`` trains the
+    domain-adaptation recipe without its adversarial term first.
     """
+    if recipe.evaluation.compare_source_only:  # first, so that it refuses the protocols it does not combine with
+        return run_source_only(recipe, write_card)
     if recipe.model.name_or_path == AUTO:
         return finetune_auto(recipe, write_card)
     if recipe.stages:

@@ -8,7 +8,7 @@ registered with ``@TASKS.register("my-task")``, inside the package or outside it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -34,6 +34,9 @@ class ModelInputs:
     """Batch-level mixing of training batches (e.g. timm ``Mixup``): a batch -> (model inputs, soft targets)."""
     eval_decodes: bool = False
     """Evaluation examples are decoded on every access (images), so keeping them in memory pays."""
+    report: dict[str, Any] = field(default_factory=dict)
+    """What the task measured of its inputs under this preprocessing (e.g. tokens per text and how many were
+    cut), for the log and ``metrics.json`` (``inputs``)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,13 @@ class TaskAdapter:
     """``hf-transfer rank`` picks this task for data that no adapter's ``detect`` claims."""
     uses_channels_last: ClassVar[bool] = False
     """``model.channels_last`` changes how this task's models run (convolutions on image tensors)."""
+    train_preprocessing_differs: ClassVar[tuple[str, ...]] = ()
+    """Entries of ``preprocessing_identity`` whose training rows are preprocessed unlike evaluation rows even
+    without augmentation: the feature cache keeps their training features apart from evaluation features."""
+    row_captured_identity: ClassVar[tuple[str, ...]] = ()
+    """Entries of ``preprocessing_identity`` that the stored model inputs already show (a text's token ids after
+    truncation): the feature cache, which keys each example by those inputs, leaves them out of its key, so that
+    runs choosing another token budget (``max_length: auto`` per fold) share every example it does not change."""
 
     # ------------------------------------------------------------------------------ recipe and sources
 
@@ -110,6 +120,11 @@ class TaskAdapter:
     def base_models(self, recipe: Recipe) -> list[str]:
         """The pretrained models the run starts from, for the card's ``base_model``."""
         return list(self.model_references(recipe).values()) if recipe.model.pretrained else []
+
+    def input_report(self, recipe: Recipe, data: PreparedData) -> dict[str, Any]:
+        """``hf-transfer check``: what the task measures of its inputs under the recipe's preprocessing, without
+        loading weights (text: tokens per text, the ``max_length`` a run would choose); most tasks have nothing."""
+        return {}
 
     def tower_tasks(self) -> dict[str, str]:
         """A task whose model has several towers: tower name -> the task whose backbones it takes (``rank`` scores

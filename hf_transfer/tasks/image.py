@@ -204,6 +204,7 @@ class ImageClassification(TaskAdapter):
     auto_class: ClassVar[type] = AutoModelForImageClassification
     example_input: ClassVar[str] = '"path/or/url/to/image.jpg"'
     uses_channels_last: ClassVar[bool] = True
+    train_preprocessing_differs: ClassVar[tuple[str, ...]] = ("image",)  # train: whole image resized; eval: crop_pct
 
     def load_model(self, recipe: Recipe, label_names: list[str]) -> tuple[PreTrainedModel, Any]:
         source = resolve_model_source(recipe.model.name_or_path, self)

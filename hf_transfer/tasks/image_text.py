@@ -181,8 +181,12 @@ class ImageTextCollator:
         return batch
 
 
+#: ``data.max_length: auto`` for the text tower: post-length texts (captions, tweets) fit; capped at the tokenizer's limit.
+AUTO_TEXT_TOKENS = 128
+
+
 def _max_length(recipe: Recipe, tokenizer: Any | None) -> int:
-    limit = recipe.data.max_length
+    limit = AUTO_TEXT_TOKENS if recipe.data.max_length == "auto" else recipe.data.max_length
     return min(limit, getattr(tokenizer, "model_max_length", limit) or limit) if tokenizer is not None else limit
 
 
@@ -247,6 +251,7 @@ class ImageTextClassification(TaskAdapter):
     training_defaults: ClassVar[dict[str, Any]] = {"learning_rate": 5e-5, "dataloader_num_workers": "auto"}
     auto_class: ClassVar[type] = AutoModel
     uses_channels_last: ClassVar[bool] = True
+    train_preprocessing_differs: ClassVar[tuple[str, ...]] = ("image",)  # as image-classification's
 
     # ------------------------------------------------------------------ recipe and sources
 
@@ -538,5 +543,5 @@ class ImageTextClassification(TaskAdapter):
         size = recipe.data.image_size or "model default"
         return CardFacts(pipeline_tag=self.pipeline_tag, tags=("multimodal", "image-text-classification", "timm"),
                          input_text=(f"an image ({size} px, timm preprocessing from the image tower's `pretrained_cfg`) "
-                                     f"and a text (truncated to {recipe.data.max_length} tokens)"),
+                                     f"and a text (truncated to {_max_length(recipe, None)} tokens)"),
                          how_to_use=how_to_use)

@@ -1,4 +1,8 @@
-"""Text classification: any ``AutoModelForSequenceClassification`` encoder and its tokenizer."""
+"""Text classification: any ``AutoModelForSequenceClassification`` encoder and its tokenizer.
+
+The token budget and cut (``data.max_length``, ``data.truncation``) are ``text_length``'s; the mean-pooled
+classifier (``model.pooling``) is ``text_pooling``'s.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,15 @@ import hashlib
 import json
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
+import numpy as np
 import torch
 from datasets import Dataset
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                          PreTrainedModel)
+from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer,
+                          DataCollatorWithPadding, PreTrainedModel)
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 from transformers.utils import logging as transformers_logging
 
@@ -21,9 +27,13 @@ from ..data.prepare import LABEL, PreparedData
 from ..errors import DataError, ModelError
 from ..models.sources import MODEL_FIELD, TEACHER_FIELD, is_timm_config, resolve_model_source
 from ..models.weights import check_loading_info, listing, where
-from ..recipe import Recipe
+from ..recipe import AUTO, Recipe
 from ..registry import TASKS
 from .base import CardFacts, ModelInputs, TaskAdapter, label_maps, load_id, pipeline_usage
+from .text_length import (AUTO_PERCENTILE, TokenLimit, check_truncation, choose_max_length, encode_texts,
+                          length_summary, model_token_limit, text_values, token_lengths)
+from .text_pooling import MODEL_TYPE as POOLED_MODEL_TYPE
+from .text_pooling import PooledTextConfig, PooledTextForSequenceClassification, choose_pooling
 
 logger = logging.getLogger(__name__)
 
@@ -105,15 +115,25 @@ class TextClassification(TaskAdapter):
     auto_class: ClassVar[type] = AutoModelForSequenceClassification
     example_input: ClassVar[str] = '"Replace me with a sentence to classify."'
     detected_by_default: ClassVar[bool] = True
+    row_captured_identity: ClassVar[tuple[str, ...]] = ("max_length", "truncation")  # the cache keys token ids
 
     def load_model(self, recipe: Recipe, label_names: list[str]) -> tuple[PreTrainedModel, Any]:
+        """transformers' own sequence classifier (``pooling: cls``) or the mean-pooled one over its encoder; the
+        model's token limit is recorded in ``config.tokenization`` for ``model_inputs``."""
         section = recipe.model
         source = resolve_model_source(section.name_or_path, self)
         common = {"revision": section.revision, "trust_remote_code": section.trust_remote_code}
         labels = {"num_labels": len(label_names), **label_maps(label_names)}
         try:
             tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
-            if section.pretrained:
+            config = AutoConfig.from_pretrained(source.location, **common)
+            pooling = choose_pooling(section.pooling, config, source.location, section.revision)
+            if section.pooling == AUTO:
+                logger.info("model.pooling auto: %s (%s)", pooling, "a mean-pooled checkpoint" if pooling == "mean"
+                            else "the checkpoint states no mean pooling")
+            if pooling == "mean" and config.model_type != POOLED_MODEL_TYPE:
+                model = self._mean_pooled(recipe, source.location, config, labels, common)
+            elif section.pretrained:
                 model = load_with_new_head(lambda: AutoModelForSequenceClassification.from_pretrained(
                     source.location, ignore_mismatched_sizes=True, use_safetensors=True, output_loading_info=True,
                     **labels, **common), len(label_names), MODEL_FIELD, section.name_or_path)
@@ -128,48 +148,152 @@ class TextClassification(TaskAdapter):
                 raise ModelError(f"The tokenizer of '{section.name_or_path}' has no pad or eos token.")
             tokenizer.pad_token = tokenizer.eos_token
             model.config.pad_token_id = tokenizer.pad_token_id
+        limit = model_token_limit(model.config, tokenizer, source.location, section.revision)
+        model.config.tokenization = {**(getattr(model.config, "tokenization", None) or {}),
+                                     "model_limit": limit.tokens, "model_limit_from": limit.source}
         return model, tokenizer
+
+    def _mean_pooled(self, recipe: Recipe, location: str, config: Any, labels: dict[str, Any],
+                     common: dict[str, Any]) -> PreTrainedModel:
+        """The checkpoint's encoder (``AutoModel``: a classifier's own head is left out) under a new mean-pooled head."""
+        section = recipe.model
+        if section.pretrained:
+            with load_report_silenced():
+                encoder, info = AutoModel.from_pretrained(location, use_safetensors=True, output_loading_info=True,
+                                                          **common)
+        else:
+            encoder, info = AutoModel.from_config(config, trust_remote_code=section.trust_remote_code), {}
+        loaded = {f"encoder.{key}" for key in encoder.state_dict()}
+        pooled = PooledTextConfig(encoder_config=encoder.config, pooling="mean", **labels)
+        model = PooledTextForSequenceClassification(pooled, encoder=encoder)
+        if section.pretrained:
+            present = set(model.state_dict())
+            missing = [f"encoder.{key}" for key in info.get("missing_keys", ()) if f"encoder.{key}" in present]
+            dropped = sorted(loaded - present)
+            check_loading_info(model, {"missing_keys": missing}, MODEL_FIELD, section.name_or_path)
+            unused = sorted(info.get("unexpected_keys", ())) + [key.removeprefix("encoder.") for key in dropped]
+            logger.info("mean-pooled classification head for %d labels over the encoder of %s%s",
+                        labels["num_labels"], section.name_or_path,
+                        f"; not used: {listing(unused)}" if unused else "")
+        return model
 
     def model_inputs(self, recipe: Recipe, data: PreparedData, model: PreTrainedModel, processor: Any) -> ModelInputs:
         tokenizer = processor
         text, pair = data.columns["text"], data.columns.get("text_pair")
-        max_length = min(recipe.data.max_length, getattr(tokenizer, "model_max_length", recipe.data.max_length))
+        truncation = recipe.data.truncation
+        check_truncation(truncation, pair)
+        identity = tokenizer_fingerprint(tokenizer)
+        plan = self._length_plan(recipe, data, model.config, tokenizer, identity)
+        max_length = plan.max_length
+        model.config.tokenization = {**(getattr(model.config, "tokenization", None) or {}),
+                                     "max_length": max_length, "truncation": truncation}
+        plan.log()
 
         def tokenize(batch: dict[str, list]) -> dict[str, Any]:
-            for column in filter(None, (text, pair)):
-                bad = [i for i, v in enumerate(batch[column]) if not isinstance(v, str)]
-                if bad:
-                    raise DataError(f"Column '{column}' holds a non-text value ({batch[column][bad[0]]!r}); "
-                                    "fill or drop those rows.")
-            encoded = tokenizer(list(batch[text]), list(batch[pair]) if pair else None,
-                                truncation=True, max_length=max_length)
-            return {**encoded, LABEL: batch[LABEL]}
-
-        identity = tokenizer_fingerprint(tokenizer)
+            texts = text_values(batch, text)
+            pairs = text_values(batch, pair) if pair else None
+            return {**encode_texts(tokenizer, texts, pairs, max_length, truncation), LABEL: batch[LABEL]}
 
         def encode(split, name: str):
             if split is None:
                 return None
-            fingerprint = None if identity is None else digest(split._fingerprint, identity, text, pair, max_length)
+            cut = () if truncation == "head" else (truncation,)  # head: the fingerprints of earlier runs
+            fingerprint = None if identity is None else digest(split._fingerprint, identity, text, pair, max_length,
+                                                                 *cut)
             return split.map(tokenize, batched=True, remove_columns=split.column_names,
                              desc=f"Tokenizing {name}", new_fingerprint=fingerprint)
 
         collator = DataCollatorWithPadding(tokenizer)
         return ModelInputs(train=encode(data.train, "train"), validation=encode(data.validation, "validation"),
-                           test=encode(data.test, "test"), collator=collator)
+                           test=encode(data.test, "test"), collator=collator, report=plan.report())
+
+    def _length_plan(self, recipe: Recipe, data: PreparedData, config: Any, tokenizer: Any,
+                     identity: str | None, limit: TokenLimit | None = None) -> "LengthPlan":
+        """Token counts of every split, and the ``max_length`` chosen from the training split's."""
+        text, pair = data.columns["text"], data.columns.get("text_pair")
+        recorded = getattr(config, "tokenization", None) or {}
+        if limit is None:
+            stated = recorded.get("model_limit")
+            limit = model_token_limit(config, tokenizer) if not stated else TokenLimit(
+                stated, recorded.get("model_limit_from", "the model"), model_token_limit(config, tokenizer).hard)
+        lengths = {}
+        for name in ("train", "validation", "test"):
+            split = getattr(data, name)
+            if split is not None:
+                fingerprint = None if identity is None else digest(split._fingerprint, identity, text, pair, "lengths")
+                lengths[name] = token_lengths(split, tokenizer, text, pair, fingerprint, name)
+        max_length, why = choose_max_length(recipe.data.max_length, lengths["train"], limit, recorded.get("max_length"))
+        return LengthPlan(max_length=max_length, why=why, limit=limit, truncation=recipe.data.truncation,
+                          lengths=lengths)
+
+    def input_report(self, recipe: Recipe, data: PreparedData) -> dict[str, Any]:
+        """``hf-transfer check``: the tokens per text, the ``max_length`` a run would choose, how many texts it
+        cuts, and the pooling, from the tokenizer and config alone (no weights are loaded)."""
+        check_truncation(recipe.data.truncation, data.columns.get("text_pair"))
+        if recipe.model.is_auto:
+            return {}
+        section = recipe.model
+        source = resolve_model_source(section.name_or_path, self)
+        common = {"revision": section.revision, "trust_remote_code": section.trust_remote_code}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
+            config = AutoConfig.from_pretrained(source.location, **common)
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelError(f"Could not load the tokenizer of '{section.name_or_path}': {error}") from None
+        pooling = choose_pooling(section.pooling, config, source.location, section.revision)
+        limit = model_token_limit(config, tokenizer, source.location, section.revision)
+        plan = self._length_plan(recipe, data, config, tokenizer, tokenizer_fingerprint(tokenizer), limit)
+        return {**plan.report(), "pooling": pooling}
 
     def save_processor(self, processor: Any, model: PreTrainedModel, directory: Path) -> None:
         """The tokenizer, without the loading options transformers writes into ``tokenizer_config.json``."""
         processor.save_pretrained(directory)
         strip_loading_options(directory)
 
+    def predict(self, model_dir: Path, inputs: dict[str, list], top_k: int | None = None) -> list[list[dict]]:
+        """As ``pipeline`` would, but with the texts cut as in training (``config.tokenization``): the pipeline
+        itself does not truncate, and cannot keep a text's tail."""
+        recorded = getattr(AutoConfig.from_pretrained(model_dir), "tokenization", None) or {}
+        if "max_length" not in recorded:
+            return super().predict(model_dir, inputs, top_k)
+        texts, pairs = inputs.get("text"), inputs.get("text_pair")
+        if not texts:
+            raise DataError(f"Task '{self.name}' predicts from --text; give at least one.")
+        extra = [role for role, values in inputs.items() if values and role not in self.input_roles]
+        if extra:
+            raise DataError(f"Task '{self.name}' reads {', '.join(self.input_roles)}, not {', '.join(extra)}.")
+        if pairs and len(pairs) != len(texts):
+            raise DataError(f"Give one text pair per text: {len(texts)} texts, {len(pairs)} pairs.")
+        truncation = recorded.get("truncation", "head")
+        check_truncation(truncation, "text_pair" if pairs else None)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        names = model.config.id2label
+        results = []
+        for start in range(0, len(texts), PREDICT_BATCH):
+            batch = texts[start:start + PREDICT_BATCH]
+            for i, value in enumerate(batch):
+                if not isinstance(value, str):
+                    raise DataError(f"Text {start + i + 1} is not text ({value!r}).")
+            chunk = pairs[start:start + PREDICT_BATCH] if pairs else None
+            encoded = encode_texts(tokenizer, list(batch), chunk, int(recorded["max_length"]), truncation)
+            padded = tokenizer.pad(encoded, return_tensors="pt")
+            with torch.inference_mode():
+                scores = model(**padded).logits.float().softmax(dim=-1)
+            for row in scores:
+                best = row.argsort(descending=True)[:top_k or len(names)]
+                results.append([{"label": names[int(i)], "score": float(row[i])} for i in best])
+        return results
+
     def check_value(self, role: str, value: Any, where: str) -> None:
         if not isinstance(value, str) or not value.strip():
             raise DataError(f"{where} is empty or not text ({value!r}).")
 
     def check_config(self, config: dict[str, Any], name: str, field: str) -> None:
-        if is_timm_config(config) or config.get("model_type") not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-            kind = config.get("model_type") or config.get("architecture") or "unknown"
+        model_type = config.get("model_type")
+        if is_timm_config(config) or (model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+                                      and model_type != POOLED_MODEL_TYPE):
+            kind = model_type or config.get("architecture") or "unknown"
             raise ModelError(f"{where(field, name)} holds a '{kind}' model, which is not a text encoder "
                              "with a sequence-classification head; text-classification needs e.g. a BERT-like folder.")
 
@@ -177,21 +301,52 @@ class TextClassification(TaskAdapter):
         check_same_tokenizer(name, processor, revision, field)
 
     def preprocessing_identity(self, recipe: Recipe, model: PreTrainedModel, processor: Any) -> dict[str, Any]:
+        """The tokenizer, the token budget and cut (as ``model_inputs`` chose them) and the pooling."""
         identity = tokenizer_fingerprint(processor) if processor is not None else None
+        tokenization = getattr(model.config, "tokenization", None) or {}
         return {"tokenizer": [type(processor).__name__, identity or getattr(processor, "name_or_path", ""),
-                              len(processor) if processor is not None else 0, recipe.data.max_length]}
+                              len(processor) if processor is not None else 0],
+                "max_length": tokenization.get("max_length", recipe.data.max_length),
+                "truncation": tokenization.get("truncation", recipe.data.truncation),
+                "pooling": getattr(model.config, "pooling", "cls")}
 
     def card_facts(self, recipe: Recipe) -> CardFacts:
+        length = recipe.data.max_length
+        budget = (f"the {AUTO_PERCENTILE}th percentile of the training texts' token counts, capped at the model's "
+                  "limit (`data.max_length: auto`; the number is `tokenization.max_length` in config.json)"
+                  if length == AUTO else f"{length} tokens")
+        cut = {"head": "", "tail": ", keeping the end", "head_tail": ", keeping the start and the end"}
+        how_to_use = pipeline_usage(self.pipeline_tag, load_id(recipe), self.example_input)
+        mean_pooled = recipe.model.pooling == "mean" or recipe.model.pooling == AUTO and self._pools_mean(recipe)
+        if mean_pooled:
+            how_to_use = how_to_use.replace(
+                "from transformers import pipeline\n",
+                "import hf_transfer  # registers the mean-pooled text classifier with transformers' Auto classes\n"
+                "from transformers import pipeline\n", 1)
+        how_to_use += ("\nFor texts longer than the model reads, call the pipeline with `truncation=True`; "
+                       "`hf_transfer.predict(folder, texts=[...])` (or `hf-transfer predict`) cuts them exactly as "
+                       "in training (`tokenization` in config.json).\n")
         return CardFacts(pipeline_tag=self.pipeline_tag, tags=(self.name,),
-                         input_text=f"text truncated to {recipe.data.max_length} tokens",
-                         how_to_use=pipeline_usage(self.pipeline_tag, load_id(recipe), self.example_input))
+                         input_text=f"text truncated to {budget}{cut.get(recipe.data.truncation, '')}",
+                         how_to_use=how_to_use)
+
+    def _pools_mean(self, recipe: Recipe) -> bool:
+        """``pooling: auto`` resolved as ``load_model`` does, from the checkpoint's files (``False`` if unreadable)."""
+        try:
+            source = resolve_model_source(recipe.model.name_or_path, self)
+            config = AutoConfig.from_pretrained(source.location, revision=recipe.model.revision,
+                                                trust_remote_code=recipe.model.trust_remote_code)
+            return choose_pooling(AUTO, config, source.location, recipe.model.revision) == "mean"
+        except (OSError, ValueError, KeyError, ModelError):
+            return False
 
     def bench_batches(self, recipe: Recipe, data: PreparedData, split: Dataset, model: PreTrainedModel,
                       processor: Any, training: bool, batch_size: int) -> list[dict[str, torch.Tensor]]:
         texts, labels = list(split[data.columns["text"]]), list(split[LABEL])
+        max_length = self._bench_length(recipe, data, model, processor)
         batches = []
         for i in range(0, len(texts), batch_size):
-            encoded = processor(texts[i:i + batch_size], truncation=True, max_length=recipe.data.max_length,
+            encoded = processor(texts[i:i + batch_size], truncation=True, max_length=max_length,
                                 padding=True, return_tensors="pt")
             batches.append({**encoded, "labels": torch.tensor(labels[i:i + batch_size])})
         return batches
@@ -199,9 +354,63 @@ class TextClassification(TaskAdapter):
     def bench_dataset(self, recipe: Recipe, data: PreparedData, split: Dataset, model: PreTrainedModel,
                       processor: Any, training: bool) -> Dataset:
         """Tokenised once, padded to ``max_length``, as the transformers example scripts do."""
-        column, max_length = data.columns["text"], recipe.data.max_length
+        column, max_length = data.columns["text"], self._bench_length(recipe, data, model, processor)
         return split.map(lambda b: processor(list(b[column]), truncation=True, max_length=max_length,
                                              padding="max_length"), batched=True, remove_columns=[column])
+
+    def _bench_length(self, recipe: Recipe, data: PreparedData, model: PreTrainedModel, processor: Any) -> int:
+        recorded = (getattr(model.config, "tokenization", None) or {}).get("max_length")
+        return recorded or self._length_plan(recipe, data, model.config, processor,
+                                             tokenizer_fingerprint(processor)).max_length
+
+
+PREDICT_BATCH = 32
+
+
+@dataclass(frozen=True)
+class LengthPlan:
+    """The token budget chosen for a run and the token counts it was chosen from, for the log and reports."""
+
+    max_length: int
+    why: str
+    limit: TokenLimit
+    truncation: str
+    lengths: dict[str, np.ndarray]
+
+    def report(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "max_length_from": self.why, "model_limit": self.limit.describe(),
+                "truncation": self.truncation,
+                "tokens": {name: length_summary(values, self.max_length) for name, values in self.lengths.items()}}
+
+    def log(self) -> None:
+        train = length_summary(self.lengths.get("train", np.zeros(0)), self.max_length)
+        if not train.get("texts"):
+            logger.info("max_length %d (%s); model limit %s", self.max_length, self.why, self.limit.describe())
+            return
+        logger.info("Tokens per training text: median %d, p%d %d, max %d; max_length %d (%s; model limit %s): "
+                    "%d of %d texts (%.1f %%) cut (%s)", train["median"], AUTO_PERCENTILE, train[f"p{AUTO_PERCENTILE}"],
+                    train["max"], self.max_length, self.why, self.limit.describe(), train["truncated"], train["texts"],
+                    100 * train["truncated_share"], self.truncation)
+        if train["truncated_share"] > TRUNCATED_WARNING:
+            room = (f"raise data.max_length (the model reads up to {self.limit.tokens})"
+                    if self.limit.tokens and self.max_length < self.limit.tokens else
+                    "keep the start and end with data.truncation: head_tail")
+            logger.warning("%.0f %% of the training texts are longer than max_length %d and lose their %s; %s.",
+                           100 * train["truncated_share"], self.max_length,
+                           "start" if self.truncation == "tail" else "end" if self.truncation == "head" else "middle",
+                           room)
+        for name in ("validation", "test"):
+            other = length_summary(self.lengths.get(name, np.zeros(0)), self.max_length)
+            share = other.get("truncated_share", 0.0)
+            if share > TRUNCATED_WARNING and share > 2 * train["truncated_share"]:
+                logger.warning("%.0f %% of the %s texts are longer than max_length %d (%.0f %% of the training "
+                               "texts): they are longer than what the model trains on; set data.max_length to their "
+                               "p%d, %d.", 100 * share, name, self.max_length, 100 * train["truncated_share"],
+                               AUTO_PERCENTILE, other[f"p{AUTO_PERCENTILE}"])
+
+
+TRUNCATED_WARNING = 0.10
+"""A run that cuts more than this share of its training texts says so as a warning."""
 
 
 def check_same_tokenizer(name: str, tokenizer: Any, revision: str | None = None, field: str = TEACHER_FIELD) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError
+from ..recipe import OWN_TRAINING_KEYS, TIME_BUDGET
+from .budget import budget_arguments, parse_time_budget
 from .outputs import LOGS, TENSORBOARD_ENV, claimed_logs_dir, record
 
 logger = logging.getLogger(__name__)
@@ -87,9 +89,16 @@ def accelerator_available() -> bool:
         hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
+#: Where a launcher puts the number of processes: torchrun, then the MPI flavours accelerate's ``--mpirun_hostfile``
+#: may start (the variables accelerate's own ``MULTI_CPU`` set-up reads).
+WORLD_SIZE_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
 def multi_process_cpu() -> bool:
-    """Several processes (torchrun) and no accelerator: DDP over gloo on the CPU."""
-    return not accelerator_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Several processes (torchrun or mpirun) and no accelerator: DDP over gloo on the CPU."""
+    from accelerate.utils import get_int_from_env
+
+    return not accelerator_available() and get_int_from_env(list(WORLD_SIZE_ENV), 1) > 1
 
 
 def task_training_defaults(task) -> dict[str, Any]:
@@ -130,7 +139,9 @@ def build_training_arguments(training: dict[str, Any], output_dir: Path, task_de
 
     if "logging_dir" in training:
         raise RecipeError(LOGGING_DIR_REFUSED)
-    values = {**TRANSFER_DEFAULTS, **task_defaults, **training}
+    values = {**TRANSFER_DEFAULTS, **task_defaults, **{k: v for k, v in training.items() if k not in OWN_TRAINING_KEYS}}
+    if parse_time_budget(training.get(TIME_BUDGET)) is not None:  # the length and cadence follow the budget
+        values.update(budget_arguments(training))
     values.update(output_dir=str(output_dir), remove_unused_columns=False, push_to_hub=False)
     if multi_process_cpu():
         values.setdefault("use_cpu", True)

@@ -278,8 +278,10 @@ CONTAINERS = ("stages", "folds", "learning_curve", "modalities")
 #: What ``checkpoints/`` may hold: the Trainer's checkpoint folders (also while it writes them) and the TensorBoard
 #: logs (``runs``) that an older hf-transfer let the Trainer write there.
 CHECKPOINT_CONTENT = re.compile(r"^(tmp-)?checkpoint-\d+$|^runs$")
+#: Folders that are one sub-run each (their own marker): the baselines (from scratch, source only).
+BASELINES = ("scratch", "source_only")
 #: Top-level entries of a run that has not finished yet; clearing one removes nothing else.
-UNFINISHED_ENTRIES = (RECIPE_FILE, CHECKPOINTS, LOGS, "stages.yaml", "scratch", "ranking.json", "ranking.md",
+UNFINISHED_ENTRIES = (RECIPE_FILE, CHECKPOINTS, LOGS, "stages.yaml", *BASELINES, "ranking.json", "ranking.md",
                       "ranking.png", "learning_curve.png", *CONTAINERS)
 
 

@@ -12,18 +12,20 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from ..errors import RecipeError
+from ..evaluation.extra import ExtraMetricSet, load_extra_metrics
 from ..evaluation.metrics import HEADLINE
-from ..recipe import Recipe
+from ..recipe import TIME_BUDGET, Recipe
 from ..tasks.base import get_task
 from .arguments import (accelerator_available, build_training_arguments, multi_process_cpu, shorten,
                         task_training_defaults)
+from .budget import FEW_STEPS, describe, parse_time_budget
 from .outputs import CHECKPOINTS
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,30 @@ class TrainingPlan:
 
     args: Any
     warnings: tuple[str, ...] = ()
+    extra_metrics: ExtraMetricSet = field(default_factory=ExtraMetricSet)
+    """``evaluation.extra_metrics``, loaded once here and computed after training."""
+    time_budget: float | None = None
+    """``training.time_budget`` in seconds: the run's length is chosen while it trains (``training.budget``)."""
+
+    def total_steps(self, train_size: int) -> int:
+        """Optimizer steps of the whole run (with a time budget: at most this many)."""
+        args = self.args
+        return args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * self.steps_per_epoch(train_size))
+
+    def short_run_warning(self, sizes: Mapping[str, int]) -> str | None:
+        """One line when the run will take fewer than ``FEW_STEPS`` optimizer steps, with what to change; a run
+        with a time budget says so once its length is chosen."""
+        if self.time_budget is not None or "train" not in sizes:
+            return None
+        steps = self.total_steps(sizes["train"])
+        if steps >= FEW_STEPS:
+            return None
+        args = self.args
+        return (f"This run takes {steps} optimizer steps ({sizes['train']} training examples, "
+                f"{args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size} per step, "
+                f"{args.num_train_epochs:g} epochs): fewer than {FEW_STEPS} rarely move a pretrained model far. Train "
+                "more epochs (training.num_train_epochs), use a smaller training.per_device_train_batch_size, or set "
+                "training.time_budget (e.g. 5m).")
 
     def summary(self, sizes: Mapping[str, int] | None = None) -> dict[str, Any]:
         """The essentials ``hf-transfer check`` reports: device, precision, batch sizes, length of training."""
@@ -58,11 +84,13 @@ class TrainingPlan:
             "greater_is_better": args.greater_is_better, "dataloader_num_workers": args.dataloader_num_workers,
         }
         if sizes and "train" in sizes:
-            steps = self.steps_per_epoch(sizes["train"])
-            report["steps_per_epoch"] = steps
-            report["total_steps"] = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps)
-        if self.warnings:
-            report["warnings"] = list(self.warnings)
+            report["steps_per_epoch"] = self.steps_per_epoch(sizes["train"])
+            report["total_steps"] = self.total_steps(sizes["train"])
+        if self.time_budget is not None:  # total_steps is then an upper bound; the run chooses its length
+            report["time_budget"] = describe(self.time_budget)
+        warnings = [*self.warnings, *filter(None, [self.short_run_warning(sizes or {})])]
+        if warnings:
+            report["warnings"] = warnings
         return report
 
     def steps_per_epoch(self, train_size: int) -> int:
@@ -104,7 +132,9 @@ def preflight_training(recipe: Recipe, sizes: Mapping[str, int] | None = None) -
                           "GPU. Remove training.fp16 (the CPU trains in fp32).")
     _check_best_metric(args.metric_for_best_model)
     _check_optimizer_and_scheduler(args)
-    plan = TrainingPlan(args=args, warnings=tuple(warnings))
+    plan = TrainingPlan(args=args, warnings=tuple(warnings),
+                        extra_metrics=load_extra_metrics(recipe.evaluation.extra_metrics),
+                        time_budget=parse_time_budget(training.get(TIME_BUDGET)))
     if sizes is not None:
         plan.check_split_sizes(sizes)
     for warning in warnings:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import signal
-from contextlib import ExitStack, contextmanager
+import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from torch import nn
 from transformers import EarlyStoppingCallback, PreTrainedModel, set_seed
 
@@ -23,6 +23,7 @@ from ..data.prepare import LABEL, PreparedData, column_values, prepare_data
 from ..data.validation import skipped_report
 from ..errors import RecipeError, TrainingInterrupted
 from ..hub import check_push_target
+from ..evaluation.extra import ExtraMetricSet
 from ..evaluation.metrics import metrics_for_trainer
 from ..features import CachedInputs, build_cached_inputs, collate_features
 from ..methods import Method, create_method
@@ -32,12 +33,15 @@ from ..recipe import Recipe
 from ..strategies import create_strategy
 from ..tasks.base import ModelInputs, get_task
 from .arguments import build_training_arguments, distributed_state, task_training_defaults
+from .budget import TimeBudgetCallback, budget_callback
 from .checkpoints import CheckpointManifest, last_complete_checkpoint
+from .distributed import METRICS_KEY, ProcessLayout, check_launch
 from .export import write_run_outputs
 from .guards import GracefulStop, NonFiniteLossGuard
 from .outputs import RunFolder
 from ..evaluation.predict import evaluate_split
 from .preflight import TrainingPlan, preflight_training
+from .threads import choose_threads, local_processes, torch_threads
 from .trainer import TransferTrainer
 
 logger = logging.getLogger(__name__)
@@ -68,6 +72,10 @@ class RunBuild:
     stop: GracefulStop
     class_weights: dict[str, float] | None = None
     """The weight of each label in the training loss (``data.class_weights``), as the trainer uses them."""
+    budget: TimeBudgetCallback | None = None
+    """``training.time_budget``: what it measured and chose, for ``metrics.json``."""
+    input_report: dict[str, Any] = field(default_factory=dict)
+    """``ModelInputs.report``: what the task measured of its inputs, for ``metrics.json`` (``inputs``)."""
 
 
 def resolve_class_weights(setting: str | list[float] | None, data: PreparedData) -> dict[str, float] | None:
@@ -99,6 +107,7 @@ def resolve_class_weights(setting: str | list[float] | None, data: PreparedData)
 
 def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunBuild:
     """Everything up to a ready ``Trainer``: model, strategy, preprocessing and arguments."""
+    started = time.perf_counter()  # a time budget counts model loading and feature extraction too
     set_seed(recipe.seed)  # here, not earlier: pre-flight work must not change which head the run starts from
     task = get_task(recipe.task)
     model, processor = task.load_model(recipe, data.label_names)
@@ -115,6 +124,9 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunB
                  CheckpointManifest()]
     if recipe.evaluation.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recipe.evaluation.early_stopping_patience))
+    budget = budget_callback(recipe.training, data.sizes(), started)
+    if budget is not None:
+        callbacks.append(budget)
     class_weights = resolve_class_weights(recipe.data.class_weights, data)
     cached = build_cached_inputs(recipe, data, model, processor, strategy, inputs, args)
     if cached is not None:  # the head trains on cached features: no decoding, no backbone pass
@@ -133,34 +145,26 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunB
     if method is not None:
         method.setup(recipe, data, trainer)
     return RunBuild(trainer=trainer, model=model, test_dataset=inputs.test, feature_cache=cached, method=method,
-                    loss_guard=loss_guard, stop=stop, class_weights=class_weights)
+                    loss_guard=loss_guard, stop=stop, class_weights=class_weights, budget=budget,
+                    input_report=inputs.report)
 
 
-@contextmanager
-def one_thread_for_a_head(cached: bool):
-    """A head trained on cached features runs a few small matrix products per step; with several torch threads
-    each step mostly waits on their synchronisation (measured in docs/performance.md), so it trains on one."""
-    if not cached:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder,
-                        resume_from: str | None) -> tuple[RunBuild, dict[str, Any]]:
+def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder, resume_from: str | None,
+                        extra: ExtraMetricSet = ExtraMetricSet()) -> tuple[RunBuild, dict[str, Any]]:
     build = build_trainer(recipe, data, folder.checkpoints)
-    with one_thread_for_a_head(build.feature_cache is not None):
-        return _trained(build, recipe, data, folder, resume_from)
+    args = build.trainer.args
+    threads = choose_threads(args.dataloader_num_workers, local_processes(args.world_size), build.feature_cache is not None)
+    with torch_threads(threads):
+        build, metrics = _trained(build, recipe, data, folder, resume_from, extra)
+    metrics["train"]["torch_threads"] = threads.to_metrics()
+    return build, metrics
 
 
-def _trained(build: RunBuild, recipe: Recipe, data: PreparedData, folder: RunFolder,
-             resume_from: str | None) -> tuple[RunBuild, dict[str, Any]]:
+def _trained(build: RunBuild, recipe: Recipe, data: PreparedData, folder: RunFolder, resume_from: str | None,
+             extra: ExtraMetricSet = ExtraMetricSet()) -> tuple[RunBuild, dict[str, Any]]:
     trainer = build.trainer
+    layout = ProcessLayout.of(trainer.accelerator)
+    logger.info("%s", layout.describe())
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     if build.stop.received is not None:
         name = signal.Signals(build.stop.received).name
@@ -171,9 +175,11 @@ def _trained(build: RunBuild, recipe: Recipe, data: PreparedData, folder: RunFol
         metrics["skipped"] = skipped_report(data.skipped)
     if data.missing:  # data.missing_modality: rows without one of the inputs, by split and input
         metrics["missing_inputs"] = data.missing
-    metrics["validation"] = evaluate_split(trainer, trainer.eval_dataset, data.label_names, "validation")
+    if build.input_report:
+        metrics["inputs"] = build.input_report
+    metrics["validation"] = evaluate_split(trainer, trainer.eval_dataset, data.label_names, "validation", extra)
     if build.test_dataset is not None:
-        metrics["test"] = evaluate_split(trainer, build.test_dataset, data.label_names, "test")
+        metrics["test"] = evaluate_split(trainer, build.test_dataset, data.label_names, "test", extra)
     if build.method is not None:
         metrics.update(build.method.extra_metrics(trainer, data.label_names))
     metrics["train"] = {
@@ -182,8 +188,11 @@ def _trained(build: RunBuild, recipe: Recipe, data: PreparedData, folder: RunFol
         "epochs": float(trainer.state.epoch or 0), "steps": int(trainer.state.global_step),
         "best_checkpoint_metric": trainer.state.best_metric,
     }
+    metrics[METRICS_KEY] = layout.to_metrics()
     if build.class_weights is not None:  # data.class_weights: the training loss's weight per label
         metrics["train"]["class_weights"] = build.class_weights
+    if build.budget is not None:  # training.time_budget: the step time measured and the steps chosen
+        metrics["train"]["time_budget"] = build.budget.report()
     if build.loss_guard.skipped_steps:  # evaluation.on_nonfinite_loss: skip
         metrics["train"]["skipped_nonfinite_steps"] = list(build.loss_guard.skipped_steps)
     if build.feature_cache is not None:
@@ -233,6 +242,7 @@ def preflight_run(recipe: Recipe) -> tuple[RunFolder, TrainingPlan]:
 
     Nothing is written; runs made of runs call it before their sub-runs train.
     """
+    check_launch(distributed_state(), recipe.training)  # one process where several were asked for, FSDP
     task = get_task(recipe.task)
     task.check_recipe(recipe)
     folder = run_folder(recipe)
@@ -255,7 +265,10 @@ def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetr
         with state.main_process_first():
             data = prepare_data(recipe.data, task.input_roles, seed)
     plan.check_split_sizes(data.sizes())
+    if short := plan.short_run_warning(data.sizes()):  # fewer than ~50 optimizer steps: say so before training
+        logger.warning(short)
     method_preflight(recipe, data.label_names)
+    plan.extra_metrics.check(len(data.label_names))  # evaluation.extra_metrics: args that fail stop here
     resolve_class_weights(recipe.data.class_weights, data)  # a list of the wrong length stops here
     logger.info("Data: %s; %d labels", data.sizes(), len(data.label_names))
     with ExitStack() as claim:
@@ -264,7 +277,7 @@ def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetr
                 resume_from = claim.enter_context(folder.claimed(recipe.to_yaml()))
             else:
                 resume_from = last_complete_checkpoint(folder.checkpoints)
-        build, metrics = _train_and_evaluate(recipe, data, folder, resume_from)
+        build, metrics = _train_and_evaluate(recipe, data, folder, resume_from, plan.extra_metrics)
         if extra_metrics is not None:
             metrics.update(extra_metrics(build, metrics))
         # The model to save, from the one measured above (lora: adapters merged into the weights, original names).

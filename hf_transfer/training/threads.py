@@ -1,0 +1,115 @@
+"""torch's intra-op threads for a run: as many as the cores this process can have to itself.
+
+torch starts one intra-op (OpenMP) thread per core it sees, as if the process were alone. It is not: data-loader
+workers decode next to it, torchrun may start several processes on one machine, and a shared machine runs other
+jobs. OpenMP threads that outnumber the free cores wait on each other at every parallel region, and a step then
+takes many times longer than on one thread (measured in docs/performance.md). So a run chooses the count:
+
+- ``OMP_NUM_THREADS`` (or ``MKL_NUM_THREADS``) set by the user wins, as torch already applied it;
+- a head trained on cached features runs one thread: its steps are a few small matrix products, which several
+  threads only slow down;
+- otherwise the cores this process may use (CPU affinity, the cgroup's CPU quota), less the cores busy with other
+  work (the 1-minute load average, when the affinity covers the whole machine so the load is about these cores),
+  shared among this machine's training processes, less one core per data-loader worker (each worker runs one
+  thread of its own); at least one.
+
+The count is only ever lowered (a lower one set in the process, e.g. by a notebook, stays), and put back after the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+USER_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The intra-op thread count of a run and why, for the log and ``metrics.json``."""
+
+    threads: int
+    reason: str
+    cores: int
+    workers: int
+    processes: int
+
+    def to_metrics(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def usable_cores(quota_file: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota (containers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = quota_file.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def busy_cores(cores: int, processes: int) -> int:
+    """Cores taken by other work: the 1-minute load average less this machine's training processes, when the
+    load is about the cores this process may use (its affinity covers the machine); else 0."""
+    if not hasattr(os, "getloadavg") or cores != (os.cpu_count() or cores):
+        return 0
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return 0
+    return min(cores, max(0, round(load - processes)))
+
+
+def choose_threads(workers: int, processes: int, cached_head: bool, environ: Mapping[str, str] | None = None,
+                   cores: int | None = None, busy: int | None = None) -> ThreadChoice:
+    """The intra-op thread count for a run (module docstring); ``cores``/``busy`` are measured when not given."""
+    environ = os.environ if environ is None else environ
+    cores = usable_cores() if cores is None else cores
+    processes = max(1, processes)
+    current = torch.get_num_threads()
+    for name in USER_VARIABLES:
+        if environ.get(name, "").strip():
+            return ThreadChoice(current, f"{name}={environ[name].strip()} is set", cores, workers, processes)
+    if cached_head:
+        threads, reason = 1, "a head trained on cached features"
+    else:
+        busy = busy_cores(cores, processes) if busy is None else busy
+        free = max(1, (cores - busy) // processes)
+        threads = max(1, free - workers)
+        reason = (f"{cores} cores" + (f", {busy} busy with other work" if busy else "")
+                  + f", {processes} training process{'es' if processes > 1 else ''}, "
+                  f"{workers} data-loader worker{'s' if workers != 1 else ''}")
+    if threads > current:  # never raised: a lower count was set in this process on purpose
+        threads, reason = current, f"{current} already set in this process ({reason} would allow {threads})"
+    return ThreadChoice(threads, reason, cores, workers, processes)
+
+
+def local_processes(world_size: int) -> int:
+    """Training processes on this machine: torchrun/accelerate's ``LOCAL_WORLD_SIZE``, else all of them."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or world_size))
+    except ValueError:
+        return max(1, world_size)
+
+
+@contextmanager
+def torch_threads(choice: ThreadChoice) -> Iterator[ThreadChoice]:
+    """Run the block on ``choice.threads`` intra-op threads (logged once), then restore the previous count."""
+    before = torch.get_num_threads()
+    logger.info("torch threads: %d (%s).", choice.threads, choice.reason)
+    torch.set_num_threads(choice.threads)
+    try:
+        yield choice
+    finally:
+        torch.set_num_threads(before)

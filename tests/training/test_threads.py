@@ -1,0 +1,85 @@
+"""torch's intra-op thread count per run: the user's OMP_NUM_THREADS wins, else cores for this process alone."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from hf_transfer import finetune
+from hf_transfer.training.threads import choose_threads, local_processes, torch_threads, usable_cores
+
+from test_end_to_end import text_recipe
+
+NO_USER = {}  # an environment without OMP_NUM_THREADS / MKL_NUM_THREADS
+
+
+@pytest.fixture
+def many_threads():
+    """torch on 64 threads for the test (the choice never raises the count), put back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(64)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cores, busy, processes, workers, expected", [
+    (16, 0, 1, 0, 16), (16, 0, 1, 3, 13), (16, 0, 2, 3, 5), (8, 0, 1, 20, 1), (2, 0, 1, 2, 1),
+    (8, 6, 1, 0, 2), (2, 4, 1, 0, 1)])
+def test_threads_are_the_free_cores_per_process_less_the_workers(cores, busy, processes, workers, expected,
+                                                                 many_threads):
+    choice = choose_threads(workers, processes, cached_head=False, environ=NO_USER, cores=cores, busy=busy)
+    assert choice.threads == expected and f"{cores} cores" in choice.reason
+    assert ("busy" in choice.reason) == bool(busy)
+
+
+@pytest.mark.parametrize("variable", ["OMP_NUM_THREADS", "MKL_NUM_THREADS"])
+def test_a_user_set_thread_variable_is_respected(variable, many_threads):
+    choice = choose_threads(4, 1, cached_head=True, environ={variable: "3"}, cores=16, busy=0)
+    assert choice.threads == torch.get_num_threads() == 64 and f"{variable}=3" in choice.reason
+
+
+def test_a_cached_head_trains_on_one_thread_and_a_lower_count_is_never_raised(many_threads):
+    assert choose_threads(0, 1, cached_head=True, environ=NO_USER, cores=16, busy=0).threads == 1
+    torch.set_num_threads(2)
+    choice = choose_threads(0, 1, cached_head=False, environ=NO_USER, cores=16, busy=0)
+    assert choice.threads == 2 and "already set" in choice.reason
+
+
+def test_cores_follow_a_cgroup_cpu_quota(tmp_path):
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")
+    assert usable_cores(quota) == min(2, usable_cores(tmp_path / "absent"))
+    quota.write_text("max 100000\n")
+    assert usable_cores(quota) == usable_cores(tmp_path / "absent") >= 1
+
+
+def test_local_processes_read_torchrun(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert local_processes(8) == 4
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert local_processes(3) == 3
+
+
+def test_the_count_is_set_for_the_block_and_put_back(many_threads, caplog):
+    choice = choose_threads(3, 1, cached_head=False, environ=NO_USER, cores=8, busy=0)
+    with caplog.at_level(logging.INFO, logger="hf_transfer.training.threads"), torch_threads(choice):
+        assert torch.get_num_threads() == 5
+    assert torch.get_num_threads() == 64 and "torch threads: 5 (8 cores" in caplog.text
+
+
+def test_a_run_logs_and_records_its_choice(tiny_bert_dir, text_csv_data, tmp_path, monkeypatch, caplog):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
+    before = torch.get_num_threads()
+    with caplog.at_level(logging.INFO, logger="hf_transfer.training.threads"):
+        metrics = finetune(text_recipe(tiny_bert_dir, text_csv_data, tmp_path / "run",
+                                       training={"num_train_epochs": 1})).metrics
+    recorded = metrics["train"]["torch_threads"]
+    assert 1 <= recorded["threads"] <= before and recorded["workers"] == 0 and recorded["processes"] == 1
+    assert caplog.text.count("torch threads:") == 1 and torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before))
+    again = finetune(text_recipe(tiny_bert_dir, text_csv_data, tmp_path / "again",
+                                 training={"num_train_epochs": 1})).metrics["train"]["torch_threads"]
+    assert again["threads"] == before and again["reason"] == f"OMP_NUM_THREADS={before} is set"
