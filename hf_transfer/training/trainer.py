@@ -69,6 +69,10 @@ class TransferTrainer(Trainer):
     def __init__(self, *args, strategy: Strategy, mixup=None, loss_guard=None, method: Method | None = None,
                  class_weights: Sequence[float] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # Classification heads here compute a plain batch mean (transformers' own, the mean-pooled and fused models,
+        # the cached head), whatever their forward's **kwargs suggest. Left True, Trainer would neither divide by the
+        # gradient-accumulation steps nor leave the loss unscaled across processes: 2 processes doubled it.
+        self.model_accepts_loss_kwargs = False
         self.class_weights: torch.Tensor | None = (
             None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32))
         """One weight per label (in label order) for the training loss (``data.class_weights``); None: unweighted."""
