@@ -575,8 +575,8 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
     task = get_task(recipe.task)
     parts = OwnSplitHead.parts(model) if isinstance(adapter, OwnSplitHead) else {}
     preprocessing = _space_description(preprocessing, task.row_captured_identity, parts)
-    spaces = _feature_spaces(model, adapter, backbone, preprocessing, task.train_preprocessing_differs)
-    columns = [data.columns[role] for role in sorted(data.columns) if role in task.input_roles]  # never the label
+    spaces = _feature_spaces(model, adapter, parts, backbone, preprocessing, task.train_preprocessing_differs)
+    roles = {role: data.columns[role] for role in sorted(data.columns) if role in task.input_roles}  # never the label
     sets: dict[str, FeatureSet | None] = {}
     hits: dict[str, bool] = {}
     computed: dict[str, int] = {}
@@ -585,9 +585,11 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
         if split is None or encoded is None:
             sets[name] = None
             continue
-        digests = _row_digests(split, encoded, columns)
         found = []
         for part, (part_adapter, space) in spaces[name == "train"].items():
+            digests = (example_digests(split, _part_columns(part, roles)) if part is not None
+                       else _row_digests(split, encoded, list(roles.values())))
+
             def extract(indices: list[int], part_adapter=part_adapter, part=part):
                 rows = encoded if indices == list(range(len(encoded))) else encoded.select(indices)
                 return extract_features(model, part_adapter, rows, inputs.collator, args.per_device_eval_batch_size,
@@ -616,6 +618,14 @@ def _row_digests(split, encoded, input_columns: list[str]) -> list[bytes]:
     return example_digests(split, input_columns)
 
 
+def _part_columns(part: str, roles: dict[str, str]) -> list[str]:
+    """The input columns one part's features depend on: those of the roles named like it (``text`` and
+    ``text_pair`` for a ``text`` tower), so that a model sharing only that tower shares its examples; all of them
+    when no role is."""
+    own = [column for role, column in roles.items() if role == part or role.startswith(f"{part}_")]
+    return own or list(roles.values())
+
+
 def _space_description(description: str, captured: tuple[str, ...], parts: dict[str, str]) -> str:
     """The preprocessing description without what the rows' digests already show (``row_captured_identity``),
     at the top level and inside each part's entry."""
@@ -628,7 +638,7 @@ def _space_description(description: str, captured: tuple[str, ...], parts: dict[
     return json.dumps(described, sort_keys=True)
 
 
-def _feature_spaces(model: nn.Module, adapter: HeadAdapter, backbone: str, preprocessing: str,
+def _feature_spaces(model: nn.Module, adapter: HeadAdapter, parts: dict[str, str], backbone: str, preprocessing: str,
                     train_differs: tuple[str, ...]) -> dict[bool, dict[str | None, tuple[Any, str]]]:
     """For evaluation rows (False) and training rows (True): part -> (what extracts it, its feature space).
 
@@ -637,7 +647,6 @@ def _feature_spaces(model: nn.Module, adapter: HeadAdapter, backbone: str, prepr
     ``None``. Training rows get spaces of their own only for the parts whose preprocessing the task names in
     ``train_preprocessing_differs``.
     """
-    parts = OwnSplitHead.parts(model) if isinstance(adapter, OwnSplitHead) else {}
     spaces: dict[bool, dict[str | None, tuple[Any, str]]] = {False: {}, True: {}}
     if parts:
         for part, prefix in parts.items():

@@ -169,8 +169,8 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, commit_
     ``private``: create the repo private (an existing repo keeps its visibility). ``revision``: the branch to
     commit to, created from ``main`` if it does not exist (with ``create_pr``: the existing branch the pull request
     targets). ``create_pr``: open a pull request instead of committing (needs no write access to the repo). ``include_subruns``: also upload the
-    sub-runs (``folds/``, ``stages/``, ``learning_curve/``, ``modalities/``, ``scratch/``, ``source_only/``). Checkpoints, the ownership
-    marker, the lock and hidden folders are never uploaded (see ``files_to_upload``).
+    sub-runs (``folds/``, ``stages/``, ``learning_curve/``, ``modalities/``, ``scratch/``, ``source_only/``).
+    Checkpoints, the ownership marker, the lock and hidden folders are never uploaded (see ``files_to_upload``).
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import OfflineModeIsEnabled

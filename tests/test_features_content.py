@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import torch
-from datasets import Dataset, Features, Image, Value
+from datasets import Dataset, Features, Image
 
 import hf_transfer.features as features
 from hf_transfer import finetune
@@ -140,3 +140,18 @@ def test_image_training_rows_keep_features_of_their_own(tiny_timm_dir, image_fol
     assert first["computed"]["train"] == 36 and new_train and second["computed"]["train"] == len(new_train)
     assert second["computed"]["validation"] == len(rows(second_recipe, "validation") - seen_in_evaluation)
     assert second["computed"]["test"] == 0
+
+
+def test_texts_are_keyed_by_their_token_ids_so_another_budget_shares_the_uncut_ones(
+        tiny_bert_dir, text_csv_data, tmp_path, cache):
+    """``max_length`` is not in the key: a run with another token budget (``auto`` chooses one per fold) re-extracts
+    only the texts it cuts differently."""
+    first = finetune(text_recipe(tiny_bert_dir, text_csv_data, tmp_path / "a", strategy="linear_probe",
+                                 training={"num_train_epochs": 1})).metrics["feature_cache"]
+    wider = finetune(text_recipe(tiny_bert_dir, text_csv_data, tmp_path / "b", strategy="linear_probe",
+                                 data={"max_length": 24}, training={"num_train_epochs": 1})).metrics["feature_cache"]
+    cut = finetune(text_recipe(tiny_bert_dir, text_csv_data, tmp_path / "c", strategy="linear_probe",
+                               data={"max_length": 8}, training={"num_train_epochs": 1})).metrics["feature_cache"]
+    assert sum(first["computed"].values()) > 0
+    assert wider["computed"] == {"train": 0, "validation": 0, "test": 0}  # no text is that long: same token ids
+    assert 0 < sum(cut["computed"].values()) < sum(first["computed"].values())  # only the texts cut at 8 tokens

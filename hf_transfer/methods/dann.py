@@ -66,9 +66,11 @@ class DannOptions:
     ramp_gamma: float = 10.0
     """Reversal coefficient ``lambda = 2 / (1 + exp(-gamma p)) - 1`` at progress ``p`` of the steps after warm-up."""
     warmup_steps: int = 0
-    """Optimizer steps at the start with ``lambda = 0``: the label classifier learns the source first (the domain
-    classifier already trains, on detached features), then lambda ramps over the remaining steps. With the ramp
-    tied to all steps, a one-epoch run reaches lambda ~ 1 by mid-run."""
+    """Optimizer steps at the start without the adversarial term: the label classifier learns the source first
+    (with ``joint_forward`` the target batches still share the batch statistics), then the domain classifier
+    starts and lambda ramps over the remaining steps. With the ramp tied to all steps, a one-epoch run reaches
+    lambda ~ 1 by mid-run. A domain classifier trained alone during the warm-up would separate the domains with
+    huge confidence, and the reversal would then flip the features rather than align them."""
     warmup_fraction: float = 0.0
     """The warm-up as a share of all optimizer steps (e.g. 0.3); set this or ``warmup_steps``."""
     lr_schedule: Literal["none", "dann"] = "none"
@@ -241,6 +243,9 @@ class DANN(Method):
     the reversal coefficient ramps from 0 to 1, optionally after a warm-up on the source alone, and
     ``lr_schedule: dann`` anneals the learning rate. Every evaluation also measures the target validation split
     (``eval_target_accuracy``, ``eval_target_entropy`` in the logs), which ``selection`` can keep the checkpoint by.
+    In a model with BatchNorm the target batches join the source batch in one pass (``joint_forward``, as in
+    TLlib's DANN), and the Trainer's own source pass, whose loss is then recomputed, leaves the running statistics
+    alone.
     """
 
     Options = DannOptions
@@ -324,11 +329,14 @@ class DANN(Method):
         parts = {"source": inputs}
         if self.labelled is not None and options.target_weight > 0:
             parts["labelled"] = next(self.labelled)
+        playing = False  # whether the domain classifier plays this step (not during the warm-up)
         if options.adversarial_weight > 0:
-            parts["unlabelled"] = next(self.unlabelled)
             state = self.trainer.state
-            self.coefficient = adversarial_coefficient(state.global_step, state.max_steps,
-                                                       options.warmup(state.max_steps), options.ramp_gamma)
+            warmup = options.warmup(state.max_steps)
+            self.coefficient = adversarial_coefficient(state.global_step, state.max_steps, warmup, options.ramp_gamma)
+            playing = state.global_step >= warmup
+            if playing or self._momenta:  # in the warm-up the target batch only joins the batch statistics
+                parts["unlabelled"] = next(self.unlabelled)
         if len(parts) > 1 and self._momenta and not stackable(list(parts.values())):
             logger.warning("DANN: source and target batches differ in shape; they go through the model one at a "
                            "time (method.joint_forward) from now on.")
@@ -343,11 +351,9 @@ class DANN(Method):
         if "labelled" in parts:
             labels = parts["labelled"][LABEL].to(self.trainer.args.device)
             terms["target_ce"] = options.target_weight * F.cross_entropy(logits["labelled"], labels)
-        if "unlabelled" in parts:
+        if playing:
             source, target = features["source"], features["unlabelled"]
             both = torch.cat([source, target]).float()
-            if self.coefficient == 0:  # the domain classifier still learns, on features the backbone does not see change
-                both = both.detach()
             domains = torch.cat([both.new_zeros(len(source)), both.new_ones(len(target))])
             scores = self.discriminator(grad_reverse(both, self.coefficient)).squeeze(-1)
             terms["adv"] = options.adversarial_weight * F.binary_cross_entropy_with_logits(scores, domains)
@@ -413,8 +419,8 @@ class DANN(Method):
         return [{"params": list(self.discriminator.parameters()), "lr": lr, "weight_decay": weight_decay}]
 
     def callbacks(self) -> list[TrainerCallback]:
-        callbacks = [_SingleProcessOnly(), DomainClassifierCheckpoint(self), TargetEvaluation(self),
-                     JointPasses(self)]
+        callbacks = [_SingleProcessOnly(), DomainClassifierCheckpoint(self), DomainClassifierGradients(self),
+                     TargetEvaluation(self), JointPasses(self)]
         if self.options.lr_schedule == "dann":
             callbacks.append(AnnealedLearningRate(self.options.lr_alpha, self.options.lr_beta))
         return callbacks
@@ -483,6 +489,20 @@ class JointPasses(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.method.end_joint_passes()
+
+
+class DomainClassifierGradients(TrainerCallback):
+    """Clears the domain classifier's gradients after every optimizer step.
+
+    ``Trainer`` calls ``model.zero_grad()`` only, and the domain classifier is not part of the model: without
+    this its gradients would add up over the whole run, and the optimizer would step on their sum.
+    """
+
+    def __init__(self, method: DANN) -> None:
+        self.method = method
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.method.discriminator.zero_grad(set_to_none=True)
 
 
 class AnnealedLearningRate(TrainerCallback):

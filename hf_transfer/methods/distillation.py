@@ -158,7 +158,8 @@ class Distillation(Method):
         processor = teacher_processor(recipe, task, options, data.label_names)
         started = time.perf_counter()
         unlabelled = found.as_evaluation(data.label_names)
-        soft = teacher_soft_labels(teacher, processor, recipe, task, options, unlabelled, args.per_device_eval_batch_size)
+        soft = teacher_soft_labels(teacher, processor, recipe, task, options, unlabelled,
+                                   args.per_device_eval_batch_size)
         if task.cache_blocker(recipe) is None:  # the labelled inputs never change: key their teacher logits
             logits = teacher_soft_labels(teacher, processor, recipe, task, options, evaluated(data),
                                          args.per_device_eval_batch_size)
@@ -330,7 +331,8 @@ def teacher_soft_labels(teacher: nn.Module, processor: Any, recipe: Recipe, task
                         options: DistillationOptions, data: PreparedData, batch_size: int) -> torch.Tensor:
     """The teacher's logits for every row of ``data.validation``, preprocessed the teacher's way."""
     inputs = task.model_inputs(teacher_recipe(recipe, options), data, teacher, processor)
-    return soft_labels(teacher, inputs.validation, inputs.collator, batch_size, input_lengths(inputs.validation, processor))
+    lengths = input_lengths(inputs.validation, processor)
+    return soft_labels(teacher, inputs.validation, inputs.collator, batch_size, lengths)
 
 
 def evaluated(data: PreparedData) -> PreparedData:

@@ -47,6 +47,8 @@ PROBE_STEPS = 5
 """Steps timed before the run's length is chosen."""
 SLACK = 0.05
 """Share of the budget kept free for what varies (step times, a slower evaluation)."""
+EVAL_SHARE = 0.2
+"""At most this share of the time left goes to evaluations during training (a short budget evaluates less often)."""
 EVAL_COST = 0.5
 """An evaluation example's cost against a training example's, before an evaluation was timed: a forward pass is
 about a third of forward + backward + update; a half is on the safe side."""
@@ -141,8 +143,11 @@ class BudgetPlan:
     step_s: float
     """Measured seconds per optimizer step (data loading included)."""
     eval_s: float
-    """Seconds per evaluation (with its checkpoint): estimated, then measured after the first one."""
-    eval_measured: bool
+    """Seconds per evaluation: estimated, then measured after the first one."""
+    save_s: float
+    """Seconds per checkpoint: 0 until the first one was measured."""
+    measured: bool
+    """``eval_s``/``save_s`` were measured (the plan was made again after the first evaluation)."""
     max_steps: int
     eval_steps: int | None
     """Steps between evaluations (None: the recipe's own ``eval_strategy`` decides)."""
@@ -183,6 +188,7 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         self._mark = 0.0
         self._evaluating_since: float | None = None
         self._eval_times: list[float] = []
+        self._save_times: list[float] = []
         self._cap = 0
         self._steps_per_epoch = 1
         self._replanned = False
@@ -232,61 +238,64 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
                 self._decide(args, state, control, lr_scheduler, now, max(step_s, 1e-9))
         elif self._eval_times and not self._replanned:  # the first evaluation was timed: plan again with it
             self._replanned = True
-            self._decide(args, state, control, lr_scheduler, now, self.plan.step_s, measured_eval=self._eval_times[0])
+            self._decide(args, state, control, lr_scheduler, now, self.plan.step_s, measured=True)
         if self.plan is not None and not control.should_training_stop:
             self._guard(args, state, control, now)
         self._mark = now
         return control
 
     def on_evaluate(self, args, state, control, **kwargs):
-        self._account(evaluation=True)
+        self._eval_times.append(self._account())
 
     def on_save(self, args, state, control, **kwargs):
-        self._account(evaluation=False)
+        self._save_times.append(self._account())
 
-    def _account(self, evaluation: bool) -> None:
-        """Evaluations and checkpoints run between two step ends: their time is not step time; the first
-        evaluation with its checkpoint is what later evaluations are expected to cost."""
+    def _account(self) -> float:
+        """Seconds since the step ended (or the evaluation before this checkpoint): not step time."""
         now = self.clock()
         spent = now - self._mark
         self._overhead += spent
         self._mark = now
-        if evaluation:
-            self._eval_times.append(spent)
-        elif self._eval_times and len(self._eval_times) == 1 and not self._replanned:
-            self._eval_times[0] += spent  # the checkpoint written right after the first evaluation
+        return spent
 
     # ------------------------------------------------------------------------------------ planning
 
-    def _decide(self, args, state, control, lr_scheduler, now: float, step_s: float,
-                measured_eval: float | None = None) -> None:
-        step = state.global_step
+    def _costs(self, args, step_s: float, measured: bool) -> tuple[float, float]:
+        """Seconds of one evaluation and of one checkpoint: timed once the first ones ran, else estimated (an
+        evaluation from its examples against a training step's; a checkpoint as nothing, until timed)."""
+        if measured:
+            return self._eval_times[0], (self._save_times[0] if self._save_times else 0.0)
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        eval_s = measured_eval if measured_eval is not None else (
-            step_s * EVAL_COST * self.eval_examples / max(1, args.world_size) / max(per_step, 1))
-        left = self.seconds * (1 - SLACK) - (now - self.started) - eval_s * self.final_examples / max(self.eval_examples, 1)
+        return step_s * EVAL_COST * self.eval_examples / max(1, args.world_size) / max(per_step, 1), 0.0
+
+    def _decide(self, args, state, control, lr_scheduler, now: float, step_s: float, measured: bool = False) -> None:
+        step = state.global_step
+        eval_s, save_s = self._costs(args, step_s, measured)
+        saves = getattr(args.save_strategy, "value", args.save_strategy) != "no"
+        each = eval_s + (save_s if saves else 0.0)  # an evaluation during training writes a checkpoint
+        final_s = eval_s * self.final_examples / max(self.eval_examples, 1) + save_s
+        left = self.seconds * (1 - SLACK) - (now - self.started) - final_s
         steps = min(self._cap, step + max(0, math.floor(left / step_s)))
         for _ in range(4):  # the evaluations depend on the length and the length on them: settles in a few rounds
-            interval = self._interval(args, state, steps)
+            interval = self._interval(args, state, steps, left, each)
             evaluations = 0 if interval is None else math.ceil(steps / interval) - step // interval
-            steps = min(self._cap, step + max(0, math.floor((left - evaluations * eval_s) / step_s)))
-        interval = self._interval(args, state, steps)
+            steps = min(self._cap, step + max(0, math.floor((left - evaluations * each) / step_s)))
+        interval = self._interval(args, state, steps, left, each)
         evaluations = 0 if interval is None else math.ceil(steps / interval) - step // interval
         first = self.plan is None
         if not first and abs(steps - self.plan.max_steps) <= 0.05 * self.plan.max_steps:
-            self.plan.eval_s, self.plan.eval_measured = eval_s, measured_eval is not None  # close enough: keep it
+            self.plan.eval_s, self.plan.save_s, self.plan.measured = eval_s, save_s, measured  # close enough: keep
             return
-        self.plan = BudgetPlan(budget_s=self.seconds, step_s=step_s, eval_s=eval_s,
-                               eval_measured=measured_eval is not None, max_steps=max(steps, step),
-                               eval_steps=interval if self.adapt_cadence else None, evaluations=evaluations,
-                               decided_at_step=step, elapsed_s=now - self.started)
+        self.plan = BudgetPlan(budget_s=self.seconds, step_s=step_s, eval_s=eval_s, save_s=save_s, measured=measured,
+                               max_steps=max(steps, step), eval_steps=interval if self.adapt_cadence else None,
+                               evaluations=evaluations, decided_at_step=step, elapsed_s=now - self.started)
         followed = self._apply(args, state, lr_scheduler)
         if steps <= step:
             self._stop(args, control, f"the time budget leaves no time for more steps after step {step}")
         bound = f" (the upper bound, {self._cap})" if steps == self._cap and steps > step else ""
-        timed = "measured" if measured_eval is not None else "estimated"
-        cadence = (f"evaluating every {interval} steps ({evaluations} evaluations left, ~{eval_s:.2f} s each {timed})"
-                   if self.adapt_cadence else f"evaluation as training.eval_strategy says (~{eval_s:.2f} s each {timed})")
+        costs = f"~{eval_s:.2f} s each + {save_s:.2f} s checkpoint, {'measured' if measured else 'estimated'}"
+        cadence = (f"evaluating every {interval} steps ({evaluations} evaluations left, {costs})" if self.adapt_cadence
+                   else f"evaluation as training.eval_strategy says ({costs})")
         logger.info("Time budget %s: %.4f s per optimizer step (%s); training %d steps%s, %.1f epochs; %s.%s",
                     describe(self.seconds), step_s,
                     f"timed over steps {self._probe_from + 1}-{step}" if first else "re-planned after the first evaluation",
@@ -298,12 +307,17 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
                            "training.per_device_train_batch_size.", describe(self.seconds), self.plan.max_steps,
                            step_s, FEW_STEPS)
 
-    def _interval(self, args, state, steps: int) -> int | None:
-        """Steps between evaluations for a run of ``steps``: chosen (each epoch when that gives 5-10 evaluations,
-        else about ``TARGET_EVALUATIONS``), or the recipe's own; None when nothing is evaluated."""
+    def _interval(self, args, state, steps: int, left: float, each: float) -> int | None:
+        """Steps between evaluations for a run of ``steps``: the recipe's own ``eval_strategy``, or chosen: about
+        ``TARGET_EVALUATIONS`` (each epoch when that gives 5-10), fewer when they would take more than
+        ``EVAL_SHARE`` of the time left. None when nothing is evaluated."""
         per_epoch = self._steps_per_epoch
         if self.adapt_cadence:
-            return per_epoch if 5 <= steps / per_epoch <= 10 else max(1, math.ceil(steps / TARGET_EVALUATIONS))
+            affordable = max(1, math.floor(EVAL_SHARE * left / each)) if each > 0 else TARGET_EVALUATIONS
+            count = min(TARGET_EVALUATIONS, affordable)
+            if 5 <= steps / per_epoch <= min(10, affordable):
+                return per_epoch
+            return max(1, math.ceil(steps / count))
         strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
         if strategy == "epoch":
             return per_epoch
@@ -321,8 +335,9 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
     def _guard(self, args, state, control, now: float) -> None:
         """Stop when one more step and the final evaluation would no longer fit (estimates can be wrong)."""
         plan = self.plan
-        final_s = plan.eval_s * self.final_examples / max(self.eval_examples, 1)
-        if now - self.started + plan.step_s + plan.eval_s + final_s > self.seconds and state.global_step < state.max_steps:
+        last = plan.eval_s + plan.save_s  # the evaluation and checkpoint at the last step
+        final_s = plan.eval_s * self.final_examples / max(self.eval_examples, 1) + plan.save_s
+        if now - self.started + plan.step_s + last + final_s > self.seconds and state.global_step < state.max_steps:
             self._stop(args, control, f"the time budget is spent at step {state.global_step} of {state.max_steps}")
 
     def _stop(self, args, control, why: str) -> None:

@@ -88,9 +88,10 @@ class TrainingPlan:
             report["total_steps"] = self.total_steps(sizes["train"])
         if self.time_budget is not None:  # total_steps is then an upper bound; the run chooses its length
             report["time_budget"] = describe(self.time_budget)
-        warnings = [*self.warnings, *filter(None, [self.short_run_warning(sizes or {})])]
-        if warnings:
-            report["warnings"] = warnings
+        if self.warnings:
+            report["warnings"] = list(self.warnings)
+        if short := self.short_run_warning(sizes or {}):
+            report["short_run"] = short
         return report
 
     def steps_per_epoch(self, train_size: int) -> int:

@@ -13,7 +13,7 @@ from datasets import Dataset
 from transformers import (AutoModelForSequenceClassification, BertForSequenceClassification, BertTokenizerFast,
                           DataCollatorWithPadding)
 
-from conftest import SPECIAL_TOKENS, make_sentences, write_text_csv
+from conftest import SPECIAL_TOKENS, make_sentences
 from test_bad_inputs import one_error
 from hf_transfer import Recipe, finetune
 from hf_transfer.cli import run_cli
@@ -184,7 +184,8 @@ def test_cross_vocabulary_teacher_labels_the_data_with_its_own_tokenizer(tiny_be
 def positive_share(model, texts, tokenizer) -> float:
     """Mean probability of ``positive`` over ``texts``."""
     with torch.no_grad():
-        return float(model.eval()(**tokenizer(texts, padding=True, return_tensors="pt")).logits.softmax(-1)[:, 1].mean())
+        logits = model.eval()(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    return float(logits.softmax(-1)[:, 1].mean())
 
 
 def test_student_moves_toward_the_teacher_on_unlabelled_data(tiny_bert_dir, text_csv_data, tmp_path):

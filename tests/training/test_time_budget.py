@@ -104,9 +104,10 @@ def test_a_budgeted_run_sets_its_length_from_the_timed_steps_and_ends_within_it(
     with caplog.at_level(logging.INFO):
         metrics = finetune(recipe).metrics
     report = metrics["train"]["time_budget"]
-    assert report["step_s"] == pytest.approx(clock.step_s) and report["eval_measured"]  # measured, not wall time
+    assert report["step_s"] == pytest.approx(clock.step_s) and report["measured"]  # measured, not wall time
     assert report["decided_at_step"] == WARMUP_STEPS + PROBE_STEPS
     # what fits: 95 % of the budget, less the steps timed so far and the (estimated) evaluations
+    assert report["save_s"] == 0  # checkpoints cost no fake time
     fits = (0.95 * budget - report["elapsed_s"] - report["evaluations"] * report["eval_s"]
             - report["eval_s"] * 16 / 4) / clock.step_s  # final evaluation of validation (4) and test (12)
     assert report["max_steps"] == report["decided_at_step"] + math.floor(fits + 1e-9)
@@ -191,7 +192,30 @@ def test_runs_of_few_steps_are_warned_once_before_training(tiny_bert_dir, text_c
     assert plan.short_run_warning({"train": 36 * 20, "validation": 4}) is None  # 90 steps
     budgeted = preflight_training(budget_recipe(tiny_bert_dir, text_csv_data, tmp_path / "b", time_budget="1m"))
     assert budgeted.short_run_warning({"train": 36}) is None  # its length is chosen (and warned about) later
-    assert warning in plan.summary({"train": 36, "validation": 4})["warnings"]  # hf-transfer check shows it too
+    assert plan.summary({"train": 36, "validation": 4})["short_run"] == warning  # hf-transfer check shows it too
     with caplog.at_level(logging.WARNING):
         finetune(recipe)
     assert sum("optimizer steps" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records) == 1
+
+
+def test_a_short_budget_evaluates_less_often_than_a_long_one(tmp_path):
+    """Evaluations take at most ~20 % of the time left: with slow evaluations a short budget gets few of them."""
+    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", eval_steps=1 << 30,
+                             save_strategy="steps", save_steps=1 << 30, report_to="none",
+                             per_device_train_batch_size=8)
+
+    def plan(seconds: float):
+        callback = TimeBudgetCallback(seconds, eval_examples=80, final_examples=80)  # an evaluation ~ 5 steps
+        state, clock = TrainerState(max_steps=100_000, num_train_epochs=100), FakeClock(1.0)
+        callback.clock = clock
+        callback.on_train_begin(args, state, TrainerControl())
+        for step in range(1, WARMUP_STEPS + PROBE_STEPS + 1):
+            clock.now += clock.step_s
+            state.global_step = step
+            callback.on_step_end(args, state, TrainerControl())
+        return callback.plan
+
+    short, long = plan(60), plan(3600)
+    assert short.eval_s == pytest.approx(5.0)
+    assert short.evaluations <= 3 and long.evaluations == 8
+    assert short.evaluations * short.eval_s <= 0.2 * (60 - short.elapsed_s) + short.eval_s
