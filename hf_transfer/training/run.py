@@ -105,6 +105,12 @@ def resolve_class_weights(setting: str | list[float] | None, data: PreparedData)
     return {name: float(weight) for name, weight in zip(names, setting)}
 
 
+def parameter_counts(trained: nn.Module, whole: nn.Module) -> dict[str, int]:
+    """Parameters the optimizer updates (``trained``: the head alone on cached features) and in the whole model."""
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    return {"trainable": int(trainable), "total": int(sum(p.numel() for p in whole.parameters()))}
+
+
 def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunBuild:
     """Everything up to a ready ``Trainer``: model, strategy, preprocessing and arguments."""
     started = time.perf_counter()  # a time budget counts model loading and feature extraction too
@@ -177,6 +183,7 @@ def _trained(build: RunBuild, recipe: Recipe, data: PreparedData, folder: RunFol
         metrics["missing_inputs"] = data.missing
     if build.input_report:
         metrics["inputs"] = build.input_report
+    metrics["parameters"] = parameter_counts(trainer.model, build.model)
     metrics["validation"] = evaluate_split(trainer, trainer.eval_dataset, data.label_names, "validation", extra)
     if build.test_dataset is not None:
         metrics["test"] = evaluate_split(trainer, build.test_dataset, data.label_names, "test", extra)

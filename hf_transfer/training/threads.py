@@ -9,7 +9,7 @@ takes many times longer than on one thread (measured in docs/performance.md). So
 - a head trained on cached features runs one thread: its steps are a few small matrix products, which several
   threads only slow down;
 - otherwise the cores this process may use (CPU affinity, the cgroup's CPU quota), less the cores busy with other
-  work (the 1-minute load average, when the affinity covers the whole machine so the load is about these cores),
+  work (threads runnable right now, when the affinity covers the whole machine so the load is about these cores),
   shared among this machine's training processes, less one core per data-loader worker (each worker runs one
   thread of its own); at least one.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,16 +60,25 @@ def usable_cores(quota_file: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return max(1, cores)
 
 
-def busy_cores(cores: int, processes: int) -> int:
-    """Cores taken by other work: the 1-minute load average less this machine's training processes, when the
-    load is about the cores this process may use (its affinity covers the machine); else 0."""
-    if not hasattr(os, "getloadavg") or cores != (os.cpu_count() or cores):
+def busy_cores(cores: int, processes: int, loadavg: Path = Path("/proc/loadavg"), samples: int = 5) -> int:
+    """Cores taken by other work right now, when the machine's load is about the cores this process may use (its
+    affinity covers the machine); else 0.
+
+    Read from the kernel's count of runnable threads (``/proc/loadavg``'s fourth field), the least of a few samples
+    less this machine's training processes, not from the load averages: those lag by minutes, so a run started right
+    after another one would see the finished run's load and starve itself on an idle machine.
+    """
+    if cores != (os.cpu_count() or cores):
         return 0
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return 0
-    return min(cores, max(0, round(load - processes)))
+    counts = []
+    for sample in range(samples):
+        try:
+            counts.append(int(loadavg.read_text().split()[3].split("/")[0]))
+        except (OSError, IndexError, ValueError):
+            return 0
+        if sample + 1 < samples:
+            time.sleep(0.02)
+    return min(cores, max(0, min(counts) - processes))
 
 
 def choose_threads(workers: int, processes: int, cached_head: bool, environ: Mapping[str, str] | None = None,

@@ -83,3 +83,18 @@ def test_a_run_logs_and_records_its_choice(tiny_bert_dir, text_csv_data, tmp_pat
     again = finetune(text_recipe(tiny_bert_dir, text_csv_data, tmp_path / "again",
                                  training={"num_train_epochs": 1})).metrics["train"]["torch_threads"]
     assert again["threads"] == before and again["reason"] == f"OMP_NUM_THREADS={before} is set"
+
+
+def test_busy_cores_reads_the_runnable_threads_now_not_the_lagging_load_average(tmp_path):
+    """A machine whose 1-minute load is high from a finished run but idle now must not starve the next run."""
+    import os
+
+    from hf_transfer.training.threads import busy_cores
+
+    cores = os.cpu_count() or 1
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("9.50 8.00 7.00 1/300 12345\n")  # high averages, only this process runnable
+    assert busy_cores(cores, processes=1, loadavg=loadavg, samples=2) == 0
+    loadavg.write_text("0.10 0.10 0.10 3/300 12345\n")  # two other threads runnable now
+    assert busy_cores(cores, processes=1, loadavg=loadavg, samples=2) == min(cores, 2)
+    assert busy_cores(cores, processes=1, loadavg=tmp_path / "missing", samples=2) == 0
