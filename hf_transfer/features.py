@@ -599,7 +599,8 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
         features = found[0][0] if len(found) == 1 else torch.cat([f for f, _ in found], dim=-1)
         computed[name] = max(count for _, count in found)
         hits[name] = computed[name] == 0
-        sets[name] = FeatureSet(features, torch.tensor(column_values(split, LABEL), dtype=torch.long))
+        labelled = split if len(encoded) == len(split) else encoded  # rows may be parts of examples (text windows)
+        sets[name] = FeatureSet(features, torch.tensor(column_values(labelled, LABEL), dtype=torch.long))
     logger.info("Feature cache (%s): %s", cache_dir(), "; ".join(
         f"{name} {len(sets[name])} rows, {computed[name] or 'none'} extracted" for name in computed)
                 + ("; nothing extracted, all read from the cache" if not any(computed.values()) else ""))
@@ -608,13 +609,15 @@ def build_cached_inputs(recipe, data, model, processor, strategy, inputs, args) 
 
 
 def _row_digests(split, encoded, input_columns: list[str]) -> list[bytes]:
-    """Each example's digest: over the model inputs the task stored (a text's token ids after truncation, an image's
-    bytes before its transform), else over the split's input columns."""
+    """Each row's digest: over the model inputs the task stored (a text's token ids after truncation, an image's
+    bytes before its transform), else over the split's input columns (then a row must be an example)."""
     stored = getattr(encoded, "column_names", None)
-    if stored is not None and hasattr(encoded, "select_columns") and len(encoded) == len(split):
+    if stored is not None and hasattr(encoded, "select_columns"):
         columns = [column for column in stored if column != LABEL]
         if columns:
             return example_digests(encoded, columns)
+    if len(encoded) != len(split):
+        raise ValueError(f"{len(encoded)} preprocessed rows for {len(split)} examples, and no stored inputs to key them")
     return example_digests(split, input_columns)
 
 

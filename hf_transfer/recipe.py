@@ -322,10 +322,16 @@ class DataSection:
     """Tokens per text (special tokens included), or ``auto``: the 95th percentile of the training texts' token
     counts, capped at the model's own limit (sentence-transformers ``max_seq_length``, ``max_position_embeddings``,
     the tokenizer's ``model_max_length``). ``hf-transfer check`` and the run log say how many texts are cut."""
-    truncation: Literal["head", "tail", "head_tail"] = "head"
+    truncation: Literal["head", "tail", "head_tail", "chunk"] = "head"
     """Which tokens of a longer text are kept: the first (``head``), the last (``tail``), or the first quarter and
     the last three quarters of the budget (``head_tail``: Sun et al. 2019, "How to Fine-Tune BERT for Text
-    Classification", best on IMDb). ``tail`` and ``head_tail`` read one text column, not text pairs."""
+    Classification", best on IMDb). ``chunk`` keeps all of it, as overlapping windows of ``max_length`` tokens:
+    each window trains with its text's label and a text's prediction averages its windows' logits. ``tail``,
+    ``head_tail`` and ``chunk`` read one text column, not text pairs."""
+    chunk_overlap: int = 32
+    """``truncation: chunk``: tokens each window shares with the one before it."""
+    max_chunks: int = 8
+    """``truncation: chunk``: windows read per text at most (from its start); bounds the cost of very long texts."""
     on_bad_example: Literal["error", "skip"] = "error"
     """``error``: stop before training and name the bad rows; ``skip``: drop them and list them in metrics.json."""
     missing_modality: Literal["error", "skip", "learn"] = "error"
@@ -363,6 +369,8 @@ class DataSection:
             _require(bool(self.class_weights) and all(w >= 0 and w == w and w != float("inf") for w in self.class_weights)
                      and any(w > 0 for w in self.class_weights),
                      f"'data.class_weights' must list finite weights >= 0 (not all 0); got {short(self.class_weights)}.")
+        _require(self.chunk_overlap >= 0, f"'data.chunk_overlap' must be 0 or more tokens; got {self.chunk_overlap}.")
+        _require(self.max_chunks >= 1, f"'data.max_chunks' must be 1 or more windows per text; got {self.max_chunks}.")
         _require(self.max_length == AUTO or isinstance(self.max_length, int) and 8 <= self.max_length <= 8192,
                  f"'data.max_length' must be auto or between 8 and 8192 tokens; got {short(self.max_length)}.")
 

@@ -76,4 +76,4 @@ def evaluate_model(model_dir: str | Path, data_path: str, split: str = "test",
     inputs = task.model_inputs(recipe, data, model, processor)
     with tempfile.TemporaryDirectory() as scratch:
         return evaluate_split(predictor(model, processor, inputs.collator, batch_size, scratch), inputs.validation,
-                              names, split, extra)
+                              names, split, extra, inputs.groups.get("validation"))

@@ -36,7 +36,7 @@ def source_forgetting(source_recipe: Recipe, source_dir: Path, source_metrics: d
     batch = int(source_recipe.training.get("per_device_eval_batch_size", 64))
     with tempfile.TemporaryDirectory() as scratch:
         after = evaluate_split(predictor(model, processor, inputs.collator, batch, scratch), dataset,
-                               data.label_names, split)
+                               data.label_names, split, groups=inputs.groups.get(split))
     before = source_metrics[split]
     return {"source_stage": source_name, "split": split, "num_samples": after["num_samples"],
             "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],

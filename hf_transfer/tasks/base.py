@@ -37,6 +37,9 @@ class ModelInputs:
     report: dict[str, Any] = field(default_factory=dict)
     """What the task measured of its inputs under this preprocessing (e.g. tokens per text and how many were
     cut), for the log and ``metrics.json`` (``inputs``)."""
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    """Splits whose rows are parts of examples (windows of a long text): split name -> the example each row belongs
+    to. Evaluation averages an example's logits over its rows; a split not named here has one row per example."""
 
 
 @dataclass(frozen=True)

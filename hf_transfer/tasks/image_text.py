@@ -269,6 +269,9 @@ class ImageTextClassification(TaskAdapter):
             raise RecipeError("'model.name_or_path: auto' chooses one backbone; for image-text-classification rank "
                               "each tower with 'hf-transfer rank' (it scores image and text candidates) and set "
                               "model.image and model.text.")
+        if recipe.data.truncation != "head":
+            raise RecipeError(f"'data.truncation' = {recipe.data.truncation} is for text-classification; "
+                              f"{self.name} reads the first data.max_length tokens of each text. Remove it.")
         if towers:  # a trained folder's towers are known once it is read; the strategy checks those
             _check_part_rates(recipe, towers)
 

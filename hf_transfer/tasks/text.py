@@ -23,15 +23,15 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 from transformers.utils import logging as transformers_logging
 
 from ..atomic import write_atomic
-from ..data.prepare import LABEL, PreparedData
+from ..data.prepare import LABEL, PreparedData, column_values
 from ..errors import DataError, ModelError
 from ..models.sources import MODEL_FIELD, TEACHER_FIELD, is_timm_config, resolve_model_source
 from ..models.weights import check_loading_info, listing, where
 from ..recipe import AUTO, Recipe
 from ..registry import TASKS
 from .base import CardFacts, ModelInputs, TaskAdapter, label_maps, load_id, pipeline_usage
-from .text_length import (AUTO_PERCENTILE, TokenLimit, check_truncation, choose_max_length, encode_texts,
-                          length_summary, model_token_limit, text_values, token_lengths)
+from .text_length import (AUTO_PERCENTILE, CHUNK, TokenLimit, Windows, check_truncation, choose_max_length,
+                          encode_texts, length_summary, model_token_limit, text_values, token_lengths)
 from .text_pooling import MODEL_TYPE as POOLED_MODEL_TYPE
 from .text_pooling import PooledTextConfig, PooledTextForSequenceClassification, choose_pooling
 
@@ -184,28 +184,41 @@ class TextClassification(TaskAdapter):
         check_truncation(truncation, pair)
         identity = tokenizer_fingerprint(tokenizer)
         plan = self._length_plan(recipe, data, model.config, tokenizer, identity)
-        max_length = plan.max_length
+        max_length, windows = plan.max_length, plan.windows
         model.config.tokenization = {**(getattr(model.config, "tokenization", None) or {}),
-                                     "max_length": max_length, "truncation": truncation}
+                                     "max_length": max_length, "truncation": truncation,
+                                     **(windows.to_config() if windows else {})}
         plan.log()
 
-        def tokenize(batch: dict[str, list]) -> dict[str, Any]:
+        def tokenize(batch: dict[str, list], indices: list[int]) -> dict[str, Any]:
             texts = text_values(batch, text)
+            if windows is not None:
+                encoded, owners = windows.encode(tokenizer, texts)
+                return {**encoded, LABEL: [batch[LABEL][i] for i in owners], EXAMPLE: [indices[i] for i in owners]}
             pairs = text_values(batch, pair) if pair else None
             return {**encode_texts(tokenizer, texts, pairs, max_length, truncation), LABEL: batch[LABEL]}
+
+        groups: dict[str, list[int]] = {}
 
         def encode(split, name: str):
             if split is None:
                 return None
             cut = () if truncation == "head" else (truncation,)  # head: the fingerprints of earlier runs
+            if windows is not None:
+                cut += (windows.overlap, windows.max_chunks)
             fingerprint = None if identity is None else digest(split._fingerprint, identity, text, pair, max_length,
                                                                  *cut)
-            return split.map(tokenize, batched=True, remove_columns=split.column_names,
-                             desc=f"Tokenizing {name}", new_fingerprint=fingerprint)
+            encoded = split.map(tokenize, batched=True, with_indices=True, remove_columns=split.column_names,
+                                desc=f"Tokenizing {name}", new_fingerprint=fingerprint)
+            if windows is None or EXAMPLE not in encoded.column_names:  # an empty split maps to no columns
+                return encoded
+            groups[name] = column_values(encoded, EXAMPLE)
+            return encoded.remove_columns(EXAMPLE)
 
         collator = DataCollatorWithPadding(tokenizer)
         return ModelInputs(train=encode(data.train, "train"), validation=encode(data.validation, "validation"),
-                           test=encode(data.test, "test"), collator=collator, report=plan.report())
+                           test=encode(data.test, "test"), collator=collator, report=plan.report(),
+                           groups={name: rows for name, rows in groups.items() if name != "train"})
 
     def _length_plan(self, recipe: Recipe, data: PreparedData, config: Any, tokenizer: Any,
                      identity: str | None, limit: TokenLimit | None = None) -> "LengthPlan":
@@ -223,8 +236,11 @@ class TextClassification(TaskAdapter):
                 fingerprint = None if identity is None else digest(split._fingerprint, identity, text, pair, "lengths")
                 lengths[name] = token_lengths(split, tokenizer, text, pair, fingerprint, name)
         max_length, why = choose_max_length(recipe.data.max_length, lengths["train"], limit, recorded.get("max_length"))
+        windows = None
+        if recipe.data.truncation == CHUNK:
+            windows = Windows.for_tokenizer(tokenizer, max_length, recipe.data.chunk_overlap, recipe.data.max_chunks)
         return LengthPlan(max_length=max_length, why=why, limit=limit, truncation=recipe.data.truncation,
-                          lengths=lengths)
+                          lengths=lengths, windows=windows)
 
     def input_report(self, recipe: Recipe, data: PreparedData) -> dict[str, Any]:
         """``hf-transfer check``: the tokens per text, the ``max_length`` a run would choose, how many texts it
@@ -276,10 +292,15 @@ class TextClassification(TaskAdapter):
                 if not isinstance(value, str):
                     raise DataError(f"Text {start + i + 1} is not text ({value!r}).")
             chunk = pairs[start:start + PREDICT_BATCH] if pairs else None
-            encoded = encode_texts(tokenizer, list(batch), chunk, int(recorded["max_length"]), truncation)
+            if truncation == CHUNK:
+                encoded, owners = Windows.from_config(tokenizer, recorded).encode(tokenizer, list(batch))
+            else:
+                encoded, owners = encode_texts(tokenizer, list(batch), chunk, int(recorded["max_length"]),
+                                               truncation), list(range(len(batch)))
             padded = tokenizer.pad(encoded, return_tensors="pt")
             with torch.inference_mode():
-                scores = model(**padded).logits.float().softmax(dim=-1)
+                logits = model(**padded).logits.float()
+            scores = mean_by_owner(logits, owners, len(batch)).softmax(dim=-1)
             for row in scores:
                 best = row.argsort(descending=True)[:top_k or len(names)]
                 results.append([{"label": names[int(i)], "score": float(row[i])} for i in best])
@@ -316,6 +337,9 @@ class TextClassification(TaskAdapter):
                   "limit (`data.max_length: auto`; the number is `tokenization.max_length` in config.json)"
                   if length == AUTO else f"{length} tokens")
         cut = {"head": "", "tail": ", keeping the end", "head_tail": ", keeping the start and the end"}
+        if recipe.data.truncation == CHUNK:
+            cut[CHUNK] = (f"; longer texts are read whole, in windows sharing {recipe.data.chunk_overlap} tokens (at "
+                          f"most {recipe.data.max_chunks}), and their logits averaged")
         how_to_use = pipeline_usage(self.pipeline_tag, load_id(recipe), self.example_input)
         mean_pooled = recipe.model.pooling == "mean" or recipe.model.pooling == AUTO and self._pools_mean(recipe)
         if mean_pooled:
@@ -325,9 +349,12 @@ class TextClassification(TaskAdapter):
                 "from transformers import pipeline\n", 1)
         how_to_use += ("\nFor texts longer than the model reads, call the pipeline with `truncation=True`; "
                        "`hf_transfer.predict(folder, texts=[...])` (or `hf-transfer predict`) cuts them exactly as "
-                       "in training (`tokenization` in config.json).\n")
+                       "in training (`tokenization` in config.json)"
+                       + (", reading every window and averaging their logits" if recipe.data.truncation == CHUNK
+                          else "") + ".\n")
         return CardFacts(pipeline_tag=self.pipeline_tag, tags=(self.name,),
-                         input_text=f"text truncated to {budget}{cut.get(recipe.data.truncation, '')}",
+                         input_text=(f"text in windows of {budget}" if recipe.data.truncation == CHUNK else
+                                     f"text truncated to {budget}") + cut.get(recipe.data.truncation, ""),
                          how_to_use=how_to_use)
 
     def _pools_mean(self, recipe: Recipe) -> bool:
@@ -365,6 +392,8 @@ class TextClassification(TaskAdapter):
 
 
 PREDICT_BATCH = 32
+EXAMPLE = "example_index"
+"""``truncation: chunk``: the column, dropped after tokenizing, that says which text a window comes from."""
 
 
 @dataclass(frozen=True)
@@ -376,16 +405,25 @@ class LengthPlan:
     limit: TokenLimit
     truncation: str
     lengths: dict[str, np.ndarray]
+    windows: Windows | None = None
+    """``truncation: chunk``: how the texts are cut into windows."""
 
     def report(self) -> dict[str, Any]:
-        return {"max_length": self.max_length, "max_length_from": self.why, "model_limit": self.limit.describe(),
-                "truncation": self.truncation,
-                "tokens": {name: length_summary(values, self.max_length) for name, values in self.lengths.items()}}
+        report = {"max_length": self.max_length, "max_length_from": self.why, "model_limit": self.limit.describe(),
+                  "truncation": self.truncation,
+                  "tokens": {name: length_summary(values, self.max_length) for name, values in self.lengths.items()}}
+        if self.windows is not None:
+            report["chunks"] = {"chunk_overlap": self.windows.overlap, "max_chunks": self.windows.max_chunks,
+                                **{name: self.windows.summary(values) for name, values in self.lengths.items()}}
+        return report
 
     def log(self) -> None:
         train = length_summary(self.lengths.get("train", np.zeros(0)), self.max_length)
         if not train.get("texts"):
             logger.info("max_length %d (%s); model limit %s", self.max_length, self.why, self.limit.describe())
+            return
+        if self.windows is not None:
+            self._log_windows(train)
             return
         logger.info("Tokens per training text: median %d, p%d %d, max %d; max_length %d (%s; model limit %s): "
                     "%d of %d texts (%.1f %%) cut (%s)", train["median"], AUTO_PERCENTILE, train[f"p{AUTO_PERCENTILE}"],
@@ -407,6 +445,25 @@ class LengthPlan:
                                "texts): they are longer than what the model trains on; set data.max_length to their "
                                "p%d, %d.", 100 * share, name, self.max_length, 100 * train["truncated_share"],
                                AUTO_PERCENTILE, other[f"p{AUTO_PERCENTILE}"])
+
+
+    def _log_windows(self, train: dict[str, Any]) -> None:
+        windows = self.windows
+        logger.info("Tokens per training text: median %d, p%d %d, max %d; max_length %d (%s; model limit %s), "
+                    "truncation chunk: windows sharing %d tokens, at most %d per text", train["median"],
+                    AUTO_PERCENTILE, train[f"p{AUTO_PERCENTILE}"], train["max"], self.max_length, self.why,
+                    self.limit.describe(), windows.overlap, windows.max_chunks)
+        for name, lengths in self.lengths.items():
+            if not len(lengths):
+                continue
+            summary = windows.summary(lengths)
+            logger.info("%s: %d texts -> %d windows (%d texts span several)%s", name, len(lengths),
+                        summary["windows"], summary["texts_in_several_windows"],
+                        f"; {summary['texts_beyond_max_chunks']} lose their end beyond data.max_chunks "
+                        f"{windows.max_chunks}" if summary["texts_beyond_max_chunks"] else "")
+            if summary["beyond_max_chunks_share"] > TRUNCATED_WARNING:
+                logger.warning("%.0f %% of the %s texts are longer than %d windows and lose their end; raise "
+                               "data.max_chunks.", 100 * summary["beyond_max_chunks_share"], name, windows.max_chunks)
 
 
 TRUNCATED_WARNING = 0.10
@@ -453,3 +510,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> str | None:
             backend.enable_padding(**padding)
     return digest(type(tokenizer).__name__, hashlib.sha256(serialised.encode()).hexdigest(),
                    tokenizer.truncation_side, list(tokenizer.model_input_names), tokenizer.special_tokens_map)
+
+
+def mean_by_owner(logits: torch.Tensor, owners: list[int], count: int) -> torch.Tensor:
+    """One row per text: the mean of its windows' logits (a text of one window keeps its own)."""
+    index = torch.as_tensor(owners, dtype=torch.long)
+    sums = torch.zeros(count, logits.shape[-1], dtype=logits.dtype).index_add_(0, index, logits)
+    return sums / torch.bincount(index, minlength=count).clamp(min=1).unsqueeze(-1).to(logits.dtype)

@@ -7,7 +7,9 @@ the 95th percentile of the training texts' token counts instead, capped at what 
 A text longer than the budget keeps its ``head`` (the tokenizer's own truncation), its ``tail``, or both ends
 (``head_tail``: Sun et al. 2019, "How to Fine-Tune BERT for Text Classification", arXiv:1905.05583, kept the
 first 128 and last 382 of 512 tokens, best on IMDb). The latter two tokenize the whole text and cut its content
-tokens, keeping the special tokens around them.
+tokens, keeping the special tokens around them. ``chunk`` cuts nothing: a longer text becomes overlapping windows
+(the fast tokenizer's own overflow with a stride), each a training row with the text's label; evaluation and
+prediction average a text's window logits.
 """
 
 from __future__ import annotations
@@ -152,10 +154,14 @@ def keep_head_tail(content: int, budget: int) -> list[int]:
 CUTS: dict[str, Callable[[int, int], list[int]]] = {"tail": keep_tail, "head_tail": keep_head_tail}
 
 
+CHUNK = "chunk"
+"""``data.truncation: chunk``: every token is read, in windows."""
+
+
 def check_truncation(truncation: str, pair: str | None) -> None:
-    """A cut that keeps the end of one text cannot choose between the two texts of a pair."""
-    if truncation in CUTS and pair:
-        raise RecipeError(f"'data.truncation' = {truncation} cuts one text; this data has text pairs (column "
+    """A cut that keeps the end of one text, or windows over one text, cannot choose between the two texts of a pair."""
+    if (truncation in CUTS or truncation == CHUNK) and pair:
+        raise RecipeError(f"'data.truncation' = {truncation} reads one text; this data has text pairs (column "
                           f"'{pair}'). Use truncation: head, which shortens the longer text of each pair.")
 
 
@@ -186,3 +192,69 @@ def encode_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_
             row = values[index]
             output[key].append(row if positions is None else [row[i] for i in positions])
     return output
+
+
+# ------------------------------------------------------------------------------------------ windows (chunk)
+
+@dataclass(frozen=True)
+class Windows:
+    """How ``truncation: chunk`` cuts a text into windows: ``max_length`` tokens each (special tokens included),
+    ``overlap`` tokens shared by neighbours, at most ``max_chunks`` per text."""
+
+    max_length: int
+    overlap: int
+    max_chunks: int
+    special: int
+    """Special tokens the tokenizer adds to each window."""
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, max_length: int, overlap: int, max_chunks: int) -> "Windows":
+        if not getattr(tokenizer, "is_fast", False):
+            raise RecipeError(f"'data.truncation' = {CHUNK} needs a fast (Rust) tokenizer; {type(tokenizer).__name__} "
+                              "is not one. Use truncation: head_tail, or a checkpoint with a tokenizer.json.")
+        special = tokenizer.num_special_tokens_to_add()
+        if overlap >= max_length - special:
+            raise RecipeError(f"'data.chunk_overlap' = {overlap} leaves no new tokens in windows of {max_length} "
+                              f"({special} of them special); set it below {max_length - special}, e.g. "
+                              f"{(max_length - special) // 4}.")
+        return cls(max_length, overlap, max_chunks, special)
+
+    @classmethod
+    def from_config(cls, tokenizer: Any, recorded: dict[str, Any]) -> "Windows":
+        """The windows a trained model was trained on (``config.tokenization``)."""
+        return cls.for_tokenizer(tokenizer, int(recorded["max_length"]), int(recorded.get("chunk_overlap", 0)),
+                                 int(recorded.get("max_chunks", 1)))
+
+    def to_config(self) -> dict[str, int]:
+        return {"chunk_overlap": self.overlap, "max_chunks": self.max_chunks}
+
+    def count(self, lengths: np.ndarray) -> np.ndarray:
+        """Windows per text from its token count (special tokens included), before ``max_chunks``."""
+        content = np.maximum(np.asarray(lengths, dtype=np.int64) - self.special, 0)
+        room = self.max_length - self.special
+        extra = np.ceil(np.maximum(content - room, 0) / (room - self.overlap)).astype(np.int64)
+        return 1 + extra
+
+    def summary(self, lengths: np.ndarray) -> dict[str, Any]:
+        """Rows the texts become, how many texts span several windows and how many lose their end to
+        ``max_chunks``, for the log, check and metrics."""
+        counts = self.count(lengths)
+        kept = np.minimum(counts, self.max_chunks)
+        over = int((counts > self.max_chunks).sum())
+        return {"windows": int(kept.sum()), "texts_in_several_windows": int((counts > 1).sum()),
+                "texts_beyond_max_chunks": over, "beyond_max_chunks_share": round(over / max(len(counts), 1), 4)}
+
+    def encode(self, tokenizer: Any, texts: list[str]) -> tuple[dict[str, list], list[int]]:
+        """Token ids (and masks) of every window, and the index in ``texts`` each window belongs to."""
+        encoded = dict(tokenizer(texts, truncation=True, max_length=self.max_length, stride=self.overlap,
+                                 return_overflowing_tokens=True, verbose=False))
+        owners = list(encoded.pop("overflow_to_sample_mapping"))
+        keep, seen = [], {}
+        for row, owner in enumerate(owners):
+            seen[owner] = seen.get(owner, 0) + 1
+            if seen[owner] <= self.max_chunks:
+                keep.append(row)
+        if len(keep) < len(owners):
+            encoded = {key: [values[row] for row in keep] for key, values in encoded.items()}
+            owners = [owners[row] for row in keep]
+        return encoded, owners

@@ -76,6 +76,8 @@ class RunBuild:
     """``training.time_budget``: what it measured and chose, for ``metrics.json``."""
     input_report: dict[str, Any] = field(default_factory=dict)
     """``ModelInputs.report``: what the task measured of its inputs, for ``metrics.json`` (``inputs``)."""
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    """``ModelInputs.groups``: evaluation splits whose rows are parts of examples."""
 
 
 def resolve_class_weights(setting: str | list[float] | None, data: PreparedData) -> dict[str, float] | None:
@@ -138,8 +140,8 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunB
     if cached is not None:  # the head trains on cached features: no decoding, no backbone pass
         args = build_training_arguments({**recipe.training, "dataloader_num_workers": 0,
                                          "train_sampling_strategy": "random"}, checkpoints, task_training_defaults(task))
-        inputs = ModelInputs(train=cached.train, validation=cached.validation, test=cached.test,
-                             collator=collate_features)
+        inputs = replace(inputs, train=cached.train, validation=cached.validation, test=cached.test,
+                         collator=collate_features, mixup=None, eval_decodes=False)  # rows, report, groups stay
     elif inputs.eval_decodes and recipe.data.eval_memory_mb and not args.dataloader_num_workers:
         inputs = replace(inputs, validation=MemoisedSplit(inputs.validation, recipe.data.eval_memory_mb))
     trainer = TransferTrainer(
@@ -152,7 +154,7 @@ def build_trainer(recipe: Recipe, data: PreparedData, checkpoints: Path) -> RunB
         method.setup(recipe, data, trainer)
     return RunBuild(trainer=trainer, model=model, test_dataset=inputs.test, feature_cache=cached, method=method,
                     loss_guard=loss_guard, stop=stop, class_weights=class_weights, budget=budget,
-                    input_report=inputs.report)
+                    input_report=inputs.report, groups=inputs.groups)
 
 
 def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder, resume_from: str | None,
@@ -184,9 +186,11 @@ def _trained(build: RunBuild, recipe: Recipe, data: PreparedData, folder: RunFol
     if build.input_report:
         metrics["inputs"] = build.input_report
     metrics["parameters"] = parameter_counts(trainer.model, build.model)
-    metrics["validation"] = evaluate_split(trainer, trainer.eval_dataset, data.label_names, "validation", extra)
+    metrics["validation"] = evaluate_split(trainer, trainer.eval_dataset, data.label_names, "validation", extra,
+                                           build.groups.get("validation"))
     if build.test_dataset is not None:
-        metrics["test"] = evaluate_split(trainer, build.test_dataset, data.label_names, "test", extra)
+        metrics["test"] = evaluate_split(trainer, build.test_dataset, data.label_names, "test", extra,
+                                         build.groups.get("test"))
     if build.method is not None:
         metrics.update(build.method.extra_metrics(trainer, data.label_names))
     metrics["train"] = {

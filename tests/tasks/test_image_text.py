@@ -643,6 +643,8 @@ BAD_RECIPES = {
                                    ("'evaluation.compare_modalities'", "text-classification")),
     "missing-modality-on-text": (lambda a, out: text_recipe(a, out, data={"missing_modality": "learn"}),
                                  ("'data.missing_modality'", "text-classification")),
+    "text-truncation-on-image-text": (lambda a, out: recipe(a, out, data={"truncation": "chunk"}),
+                                      ("'data.truncation' = chunk", "text-classification", "max_length")),
     "text-folder-as-image": (lambda a, out: recipe(a, out, model={"image": str(a.text)}),
                              ("'model.image'", "'bert'", "not a timm image backbone")),
     "image-folder-as-text": (lambda a, out: recipe(a, out, model={"text": str(a.image)}),

@@ -191,7 +191,7 @@ def test_cuts_that_keep_one_texts_end_refuse_text_pairs(tiny_bert_dir, tmp_path)
     data.mkdir()
     (data / "train.csv").write_text("text,text_pair,label\n" + "".join(
         f"good film {i},bad film,{'a' if i % 2 else 'b'}\n" for i in range(20)))
-    with pytest.raises(RecipeError, match=r"'data.truncation' = head_tail cuts one text.*text pairs") as error:
+    with pytest.raises(RecipeError, match=r"'data.truncation' = head_tail reads one text.*text pairs") as error:
         check_recipe(recipe(tiny_bert_dir, data, tmp_path / "out", data={"truncation": "head_tail"}))
     assert "\n" not in str(error.value)
     pairs = check_recipe(recipe(tiny_bert_dir, data, tmp_path / "out"))["inputs"]["tokens"]["train"]
