@@ -2,8 +2,10 @@
 
 A budget replaces "how many epochs" by "how long". The time of an optimizer step is only known once the run
 steps (data loading, the model, precision, the method's extra passes, the machine's load all count), so
-``TimeBudgetCallback`` times the first steps of the run itself and then fixes the run's length: the steps that fit
+``TimeBudgetCallback`` times the first steps of the run itself and then sets the run's length: the steps that fit
 in what is left of the budget, after evaluations, checkpoints and the final evaluation of validation and test.
+After each evaluation it plans again from everything timed so far (the first steps alone misled: with
+``group_by_length`` the longest batch comes first, and a 4-minute SST-2 budget ended after 2 min 53 s).
 Evaluation then runs about ``TARGET_EVALUATIONS`` times (each epoch, when the run spans 5 to 10 epochs).
 
 The run's LR schedule follows the chosen length: ``Trainer`` builds its scheduler from the provisional length at the
@@ -191,7 +193,9 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         self._save_times: list[float] = []
         self._cap = 0
         self._steps_per_epoch = 1
-        self._replanned = False
+        self._resumed = False
+        self._planned_with = 0
+        """Evaluations timed when the length was last planned: each new one plans again."""
 
     # ---------------------------------------------------------------------------------------- state
 
@@ -223,7 +227,7 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         saved_plan = saved.get("attributes", {}).get("plan") if isinstance(saved, dict) else None
         if saved_plan:  # resumed: the length chosen before, not a new one from the time left now
             self.plan = BudgetPlan(**saved_plan)
-            self._replanned = True
+            self._resumed = True
             self._apply(args, state, lr_scheduler)
             logger.info("Time budget %s: resuming the planned %d steps.", describe(self.seconds), self.plan.max_steps)
 
@@ -236,9 +240,9 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
             elif self._probe_start is not None and step - self._probe_from >= PROBE_STEPS:
                 step_s = (now - self._probe_start - self._overhead) / (step - self._probe_from)
                 self._decide(args, state, control, lr_scheduler, now, max(step_s, 1e-9))
-        elif self._eval_times and not self._replanned:  # the first evaluation was timed: plan again with it
-            self._replanned = True
-            self._decide(args, state, control, lr_scheduler, now, self.plan.step_s, measured=True)
+        elif len(self._eval_times) > self._planned_with and not self._resumed:  # an evaluation was timed: plan
+            self._planned_with = len(self._eval_times)  # again with it and the steps timed so far
+            self._decide(args, state, control, lr_scheduler, now, self._mean_step_s(now, step), measured=True)
         if self.plan is not None and not control.should_training_stop:
             self._guard(args, state, control, now)
         self._mark = now
@@ -249,6 +253,15 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
 
     def on_save(self, args, state, control, **kwargs):
         self._save_times.append(self._account())
+
+    def _mean_step_s(self, now: float, step: int) -> float:
+        """Seconds per optimizer step over all steps since timing began, evaluations and checkpoints left out.
+
+        The first timed steps alone can mislead: ``group_by_length`` puts the longest batch first, and a machine's
+        load changes; the mean over the run so far follows what the steps really cost."""
+        if self._probe_start is None or step <= self._probe_from:
+            return self.plan.step_s
+        return max((now - self._probe_start - self._overhead) / (step - self._probe_from), 1e-9)
 
     def _account(self) -> float:
         """Seconds since the step ended (or the evaluation before this checkpoint): not step time."""
@@ -264,7 +277,8 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         """Seconds of one evaluation and of one checkpoint: timed once the first ones ran, else estimated (an
         evaluation from its examples against a training step's; a checkpoint as nothing, until timed)."""
         if measured:
-            return self._eval_times[0], (self._save_times[0] if self._save_times else 0.0)
+            return (sum(self._eval_times) / len(self._eval_times),
+                    sum(self._save_times) / len(self._save_times) if self._save_times else 0.0)
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
         return step_s * EVAL_COST * self.eval_examples / max(1, args.world_size) / max(per_step, 1), 0.0
 
@@ -298,7 +312,8 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
                    else f"evaluation as training.eval_strategy says ({costs})")
         logger.info("Time budget %s: %.4f s per optimizer step (%s); training %d steps%s, %.1f epochs; %s.%s",
                     describe(self.seconds), step_s,
-                    f"timed over steps {self._probe_from + 1}-{step}" if first else "re-planned after the first evaluation",
+                    f"timed over steps {self._probe_from + 1}-{step}" if first else
+                    f"re-planned at step {step} from the steps and evaluations timed so far",
                     self.plan.max_steps, bound, self.plan.max_steps / self._steps_per_epoch, cadence,
                     "" if followed else " The LR scheduler cannot change its total: it keeps the provisional one.")
         if first and self.plan.max_steps < FEW_STEPS:

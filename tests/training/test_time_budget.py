@@ -219,3 +219,31 @@ def test_a_short_budget_evaluates_less_often_than_a_long_one(tmp_path):
     assert short.eval_s == pytest.approx(5.0)
     assert short.evaluations <= 3 and long.evaluations == 8
     assert short.evaluations * short.eval_s <= 0.2 * (60 - short.elapsed_s) + short.eval_s
+
+
+def test_the_plan_follows_steps_that_turn_fast(tmp_path):
+    """The timed first steps were slow (``group_by_length`` puts the longest batch first); after each evaluation
+    the run plans again from all steps so far and uses the budget, instead of ending far before it."""
+    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", eval_steps=1 << 30,
+                             save_strategy="steps", save_steps=1 << 30, report_to="none")
+    callback = TimeBudgetCallback(100, eval_examples=8, final_examples=8)
+    state, clock = TrainerState(max_steps=100_000, num_train_epochs=100), FakeClock(0.5)
+    callback.clock = clock
+    callback.on_train_begin(args, state, TrainerControl())
+    step, first_plan = 0, None
+    while True:
+        step += 1
+        clock.now += 0.5 if step <= WARMUP_STEPS + PROBE_STEPS else 0.1
+        state.global_step = step
+        control = callback.on_step_end(args, state, TrainerControl())
+        first_plan = first_plan or (callback.plan and callback.plan.max_steps)
+        if step >= state.max_steps or control.should_training_stop:
+            break
+        if state.eval_steps and step % state.eval_steps == 0:  # what Trainer does between steps: evaluate, save
+            clock.now += 1.0
+            callback.on_evaluate(args, state, control)
+            callback.on_save(args, state, control)
+    final_s = 2 * 1.0  # the final evaluation (validation + test) and checkpoint
+    assert callback.plan.max_steps > 3 * first_plan  # the first plan assumed 0.5 s steps for the whole run
+    assert 0.8 * 100 <= clock.now + final_s <= 100, clock.now
+    assert callback.plan.step_s < 0.2 and callback.report()["measured"]
