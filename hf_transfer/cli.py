@@ -47,7 +47,7 @@ def _load_recipe(args):
 
 def cmd_finetune(args) -> int:
     from .runs.dispatch import finetune
-
+    from .tasks.base import get_task
     from .training.arguments import distributed_state
 
     recipe = _load_recipe(args)
@@ -55,7 +55,8 @@ def cmd_finetune(args) -> int:
     result = finetune(recipe)
     if distributed_state().is_main_process:
         pushed = recipe.output.hub_model_id if recipe.output.push_to_hub else None
-        _print_summary(result.metrics, result.output_dir, wall_s=time.monotonic() - started, pushed_to=pushed)
+        _print_summary(result.metrics, result.output_dir, wall_s=time.monotonic() - started, pushed_to=pushed,
+                       roles=get_task(recipe.task).input_roles)
     return 0
 
 
@@ -178,11 +179,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def _print_summary(metrics: dict, output_dir, wall_s: float | None = None, pushed_to: str | None = None) -> None:
+def _print_summary(metrics: dict, output_dir, wall_s: float | None = None, pushed_to: str | None = None,
+                   roles: tuple[str, ...] = ()) -> None:
     """Results, how long it took, and where the model is with the commands that use it.
 
     ``wall_s``: the whole command's wall time (``metrics['wall_s']`` when the metrics carry one); the training
     time alone comes from ``metrics['train']['runtime_s']``. ``pushed_to``: the Hub repo the run was pushed to.
+    ``roles``: the task's inputs, so that the ``predict`` line shows its own flags.
     """
     def line(name: str, report: dict | None) -> None:
         if report:
@@ -211,7 +214,8 @@ def _print_summary(metrics: dict, output_dir, wall_s: float | None = None, pushe
         print(f"Training time {_duration(training)}.")
     folder = str(output_dir)
     print(f"Model folder: {folder} (model card with how to load it: {Path(folder) / 'README.md'})")
-    print(f"  predict: hf-transfer predict {folder} --image PATH | --text TEXT")
+    flags = " ".join(f"--{role} {'PATH' if role == 'image' else 'TEXT'}" for role in roles if role != "text_pair")
+    print(f"  predict: hf-transfer predict {folder} {flags or '--image PATH | --text TEXT'}")
     if pushed_to:
         print(f"  on the Hub: https://huggingface.co/{pushed_to}")
     else:

@@ -168,6 +168,10 @@ def test_summary_gives_the_times_and_how_to_use_the_folder(capsys):
     assert "Model folder: runs/pets" in out
     assert "hf-transfer predict runs/pets --image PATH | --text TEXT" in out
     assert "hf-transfer push runs/pets user/model-name" in out
+    _print_summary({"test": report}, Path("runs/reviews"), roles=("text", "text_pair"))
+    assert "hf-transfer predict runs/reviews --text TEXT\n" in capsys.readouterr().out
+    _print_summary({"test": report}, Path("runs/posts"), roles=("image", "text", "text_pair"))
+    assert "hf-transfer predict runs/posts --image PATH --text TEXT\n" in capsys.readouterr().out
     _print_summary({"test": report, "wall_s": 7200.0}, "out", pushed_to="me/pets")
     out = capsys.readouterr().out
     assert "Wall time 2 h 00 min." in out and "https://huggingface.co/me/pets" in out

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 FIELD = "evaluation.extra_metrics"
 #: Keys of a split's report that the built-in evaluation writes; no extra metric may take one of them.
-BUILT_IN_KEYS = frozenset((*HEADLINE, "num_samples", "per_class", "confusion_matrix", "loss"))
+BUILT_IN_KEYS = frozenset((*HEADLINE, "num_samples", "rows", "per_class", "confusion_matrix", "loss"))
 
 
 def flatten(name: str, result: Any) -> dict[str, float]:
