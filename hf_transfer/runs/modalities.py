@@ -9,16 +9,13 @@ the fused model beats the best single input.
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from ..recipe import Recipe
 from ..tasks.base import get_task
-from ..training.arguments import distributed_state
-from ..training.outputs import record
-from ..training.run import ExtraMetrics, FinetuneResult, RunBuild, preflight_run
-from .reuse import SUB_RUN, finished_metrics, run_or_reuse
+from ..training.run import ExtraMetrics, FinetuneResult, preflight_run
+from .reuse import SUB_RUN, claimed_for, comparison, finished_metrics, run_or_reuse
 from .scratch import run_compared
 
 logger = logging.getLogger(__name__)
@@ -49,12 +46,7 @@ def run_modalities(recipe: Recipe, write_card: bool = True,
     """The ablations first (each reused when finished), then the fused run with the comparison in its metrics."""
     folder, _ = preflight_run(recipe)
     ablations = ablation_recipes(recipe, folder.path)
-    state = distributed_state()
-    with ExitStack() as claim:
-        with state.main_process_first():
-            if state.is_main_process:
-                claim.enter_context(folder.claimed(recipe.to_yaml()))
-                record(folder.path, MODALITIES)
+    with claimed_for(folder, recipe, MODALITIES):
         for ablation in ablations.values():  # inside the claimed run: an overwritten one has been set aside
             if finished_metrics(ablation.output.dir) is None:  # a finished one (a resumed comparison) is reused
                 preflight_run(ablation)
@@ -63,10 +55,5 @@ def run_modalities(recipe: Recipe, write_card: bool = True,
             logger.info("Training %s (evaluation.compare_modalities)", name)
             alone[name] = run_or_reuse(ablation)
 
-        def compared(build: RunBuild, metrics: dict[str, Any]) -> dict[str, Any]:
-            added = {"compare_modalities": modality_table(metrics, alone)}
-            if extra_metrics is not None:
-                added.update(extra_metrics(build, {**metrics, **added}))
-            return added
-
+        compared = comparison(lambda metrics: {"compare_modalities": modality_table(metrics, alone)}, extra_metrics)
         return run_compared(recipe, write_card, extra_metrics=compared)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from ..data.prepare import PreparedData
 from ..recipe import Recipe
-from ..training.outputs import METRICS_FILE, RunFolder
-from ..training.run import run_single
+from ..training.arguments import distributed_state
+from ..training.outputs import METRICS_FILE, RunFolder, record
+from ..training.run import ExtraMetrics, RunBuild, run_single
 
 logger = logging.getLogger(__name__)
 
@@ -33,3 +35,27 @@ def run_or_reuse(recipe: Recipe, data: PreparedData | None = None) -> dict[str, 
         logger.info("Reusing the finished run in %s", recipe.output.dir)
         return metrics
     return run_single(recipe, write_card=False, data=data).metrics
+
+
+@contextmanager
+def claimed_for(folder: RunFolder, recipe: Recipe, kind: str) -> Iterator[None]:
+    """The run folder claimed by the main process and marked as holding ``kind`` sub-runs, while a comparison
+    trains its baselines inside it and then the run itself (an overwrite has set the old ones aside)."""
+    state = distributed_state()
+    with ExitStack() as claim:
+        with state.main_process_first():
+            if state.is_main_process:
+                claim.enter_context(folder.claimed(recipe.to_yaml()))
+                record(folder.path, kind)
+        yield
+
+
+def comparison(compute: Callable[[dict[str, Any]], dict[str, Any]],
+               extra_metrics: ExtraMetrics | None = None) -> ExtraMetrics:
+    """``extra_metrics`` for the compared run: what ``compute`` derives from its metrics, then the caller's own."""
+    def compared(build: RunBuild, metrics: dict[str, Any]) -> dict[str, Any]:
+        added = compute(metrics)
+        if extra_metrics is not None:
+            added.update(extra_metrics(build, {**metrics, **added}))
+        return added
+    return compared

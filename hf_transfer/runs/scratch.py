@@ -8,16 +8,13 @@ so their numbers do not depend on the order.
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from ..data.prepare import PreparedData
 from ..recipe import Recipe
-from ..training.arguments import distributed_state
-from ..training.outputs import record
-from ..training.run import ExtraMetrics, FinetuneResult, RunBuild, preflight_run, run_single
-from .reuse import finished_metrics
+from ..training.run import ExtraMetrics, FinetuneResult, preflight_run, run_single
+from .reuse import claimed_for, comparison, finished_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +52,8 @@ def run_compared(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMe
     if not recipe.evaluation.compare_to_scratch:
         return run_single(recipe, write_card, extra_metrics=extra_metrics, data=data)
     folder, _ = preflight_run(recipe)  # a bad output folder or push target fails before the baseline trains
-    state = distributed_state()
-    with ExitStack() as claim:
-        with state.main_process_first():
-            if state.is_main_process:
-                claim.enter_context(folder.claimed(recipe.to_yaml()))
-                record(folder.path, SCRATCH)  # an overwrite set the old baseline aside with the rest of the run
+    with claimed_for(folder, recipe, SCRATCH):
         scratch = train_scratch(recipe, folder.path)
-
-        def compared(build: RunBuild, metrics: dict[str, Any]) -> dict[str, Any]:
-            added = {"scratch": {key: scratch[key] for key in COMPARED if key in scratch},
-                     "transfer_gain": transfer_gain(metrics, scratch)}
-            if extra_metrics is not None:
-                added.update(extra_metrics(build, {**metrics, **added}))
-            return added
-
+        compared = comparison(lambda metrics: {"scratch": {key: scratch[key] for key in COMPARED if key in scratch},
+                                               "transfer_gain": transfer_gain(metrics, scratch)}, extra_metrics)
         return run_single(recipe, write_card, extra_metrics=compared, data=data)

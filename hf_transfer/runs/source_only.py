@@ -10,17 +10,14 @@ itself, whose ``metrics.json`` gains ``source_only`` and ``adaptation_gain``.
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from ..data.prepare import PreparedData
 from ..errors import RecipeError
 from ..recipe import AUTO, Recipe
-from ..training.arguments import distributed_state
-from ..training.outputs import record
-from ..training.run import ExtraMetrics, FinetuneResult, RunBuild, preflight_run
-from .reuse import SUB_RUN, finished_metrics, run_or_reuse
+from ..training.run import ExtraMetrics, FinetuneResult, preflight_run
+from .reuse import SUB_RUN, claimed_for, comparison, finished_metrics, run_or_reuse
 from .scratch import run_compared
 
 logger = logging.getLogger(__name__)
@@ -71,23 +68,13 @@ def run_source_only(recipe: Recipe, write_card: bool = True, extra_metrics: Extr
     """The source-only baseline first (reused when finished), then the adapted run with the comparison."""
     baseline = source_only_recipe(recipe, Path(recipe.output.dir))
     folder, _ = preflight_run(recipe)
-    state = distributed_state()
-    with ExitStack() as claim:
-        with state.main_process_first():
-            if state.is_main_process:
-                claim.enter_context(folder.claimed(recipe.to_yaml()))
-                record(folder.path, SOURCE_ONLY)
+    with claimed_for(folder, recipe, SOURCE_ONLY):
         if finished_metrics(baseline.output.dir) is None:  # inside the claimed run: an overwritten one is set aside
             preflight_run(baseline)
             logger.info("Training the source-only baseline (evaluation.compare_source_only) in %s",
                         baseline.output.dir)
         reference = run_or_reuse(baseline, data)
-
-        def compared(build: RunBuild, metrics: dict[str, Any]) -> dict[str, Any]:
-            added = {"source_only": {key: reference[key] for key in COMPARED if key in reference},
-                     "adaptation_gain": adaptation_gain(metrics, reference)}
-            if extra_metrics is not None:
-                added.update(extra_metrics(build, {**metrics, **added}))
-            return added
-
+        compared = comparison(lambda metrics: {
+            "source_only": {key: reference[key] for key in COMPARED if key in reference},
+            "adaptation_gain": adaptation_gain(metrics, reference)}, extra_metrics)
         return run_compared(recipe, write_card, extra_metrics=compared, data=data)

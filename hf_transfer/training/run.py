@@ -31,7 +31,7 @@ from ..methods.preflight import method_preflight
 from ..models.layout import discover_layout
 from ..recipe import Recipe
 from ..strategies import create_strategy
-from ..tasks.base import ModelInputs, get_task
+from ..tasks.base import get_task
 from .arguments import build_training_arguments, distributed_state, task_training_defaults
 from .budget import TimeBudgetCallback, budget_callback
 from .checkpoints import CheckpointManifest, last_complete_checkpoint

@@ -31,13 +31,16 @@ def test_ramp_goes_from_zero_to_one():
     assert reversal_coefficient(0.5) == pytest.approx(2 / (1 + torch.exp(torch.tensor(-5.0)).item()) - 1)
 
 
-def image_dann_recipe(tiny_timm_dir, image_folder_data, target, out, **method):
+def image_dann_recipe(tiny_timm_dir, image_folder_data, target, out, training=None, evaluation=None, hflip=0.5,
+                      **method):
     return Recipe.from_dict({
         "task": "image-classification", "model": {"name_or_path": str(tiny_timm_dir)},
-        "data": {"path": str(image_folder_data), "image_size": 32, "augmentation": {"random_resized_crop": False}},
+        "data": {"path": str(image_folder_data), "image_size": 32,
+                 "augmentation": {"random_resized_crop": False, "hflip": hflip}},
         "method": {"name": "dann", "target": {"path": str(target)}, "hidden_size": 16, **method},
         "training": {"num_train_epochs": 2, "per_device_train_batch_size": 8, "learning_rate": 5e-3,
-                     "dataloader_num_workers": 0, "logging_steps": 1, "disable_tqdm": True},
+                     "dataloader_num_workers": 0, "logging_steps": 1, "disable_tqdm": True, **(training or {})},
+        "evaluation": evaluation or {},
         "output": {"dir": str(out)}})
 
 

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from conftest import write_colour_images
+from test_dann import image_dann_recipe
 from hf_transfer import Recipe, finetune
 from hf_transfer.cli import _print_summary
 from hf_transfer.errors import RecipeError
@@ -19,14 +20,8 @@ from hf_transfer.methods.dann import (AnnealedSchedule, adversarial_coefficient,
 
 
 def dann_recipe(model_dir, source, target, out, training=None, evaluation=None, **method):
-    return Recipe.from_dict({
-        "task": "image-classification", "model": {"name_or_path": str(model_dir)},
-        "data": {"path": str(source), "image_size": 32, "augmentation": {"random_resized_crop": False, "hflip": 0}},
-        "method": {"name": "dann", "target": {"path": str(target)}, "hidden_size": 16, **method},
-        "training": {"num_train_epochs": 2, "per_device_train_batch_size": 8, "learning_rate": 5e-3,
-                     "dataloader_num_workers": 0, "logging_steps": 1, "disable_tqdm": True, **(training or {})},
-        "evaluation": evaluation or {},
-        "output": {"dir": str(out)}})
+    """``test_dann``'s recipe without flips."""
+    return image_dann_recipe(model_dir, source, target, out, training, evaluation, hflip=0.0, **method)
 
 
 @pytest.fixture(scope="module")

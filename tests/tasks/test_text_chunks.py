@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,15 +16,13 @@ from hf_transfer.check import check_recipe
 from hf_transfer.data.prepare import prepare_data
 from hf_transfer.errors import RecipeError
 from hf_transfer.evaluation.predict import pool_rows
-from hf_transfer.recipe import Recipe
 from hf_transfer.tasks.base import get_task
 from hf_transfer.tasks.text_length import Windows
 
 from conftest import NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, write_text_csv
+from test_text_length import recipe
 
 TASK = get_task("text-classification")
-TRAINING = {"num_train_epochs": 1, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
-            "learning_rate": 1e-3, "report_to": "none", "disable_tqdm": True, "save_strategy": "no"}
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +46,6 @@ def late_sentiment(tmp_path_factory) -> Path:
     write_text_csv(root / "train.csv", rows(96))
     write_text_csv(root / "test.csv", rows(40))
     return root
-
-
-def recipe(model_path: Path, data_path: Path, out: Path | None = None, /, **sections: dict[str, Any]) -> Recipe:
-    base: dict[str, Any] = {"task": "text-classification", "model": {"name_or_path": str(model_path)},
-                            "data": {"path": str(data_path)}, "training": dict(TRAINING)}
-    if out is not None:
-        base["output"] = {"dir": str(out)}
-    for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values}
-    return Recipe.from_dict(base)
 
 
 CHUNKED = {"max_length": 8, "truncation": "chunk", "chunk_overlap": 2}
