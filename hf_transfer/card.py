@@ -313,6 +313,19 @@ def _target_results(inputs: CardInputs) -> list:
             for key, (metric_type, name, args) in HEADLINE_METRICS.items() if key in report]
 
 
+def statistics_note(adaptation: dict[str, Any]) -> str:
+    """``batchnorm: per_domain``: which running statistics the saved model holds, and where the other domain's are."""
+    saved, file = adaptation["saved_statistics"], adaptation.get("source_statistics_file")
+    note = (f"BatchNorm running statistics are kept per domain: this model normalises with the {saved} domain's; the "
+            f"source figures are measured with the source domain's, saved in `{file}` (load them with "
+            f"`model.load_state_dict(safetensors.torch.load_file(\"{file}\"), strict=False)` to classify "
+            "source-domain inputs).")
+    plain = adaptation.get("target_with_source_statistics")
+    if plain:
+        note += f" With the source statistics the same weights score {_percent(plain['accuracy'])} on the target."
+    return note
+
+
 def domain_rows(inputs: CardInputs, split: str) -> dict[str, Any] | None:
     """Domain adaptation: source and target accuracy side by side, the source-only baseline and the adaptation
     gain when ``evaluation.compare_source_only`` trained it, and how the checkpoint was chosen."""
@@ -330,8 +343,13 @@ def domain_rows(inputs: CardInputs, split: str) -> dict[str, Any] | None:
     gain = None
     baseline = metrics.get("source_only")
     if baseline:
-        rows.append({"name": "source only (same recipe, `adversarial_weight: 0`)", "source": cell(baseline.get(split)),
-                     "target": cell(baseline.get(target))})
+        plain = baseline.get("target_with_source_statistics")  # per-domain statistics: the baseline without them
+        if plain:
+            rows.append({"name": "source only, source BatchNorm statistics (no adaptation)",
+                         "source": cell(baseline.get(split)), "target": cell(plain)})
+        rows.append({"name": "source only (same recipe, `adversarial_weight: 0`"
+                             f"{', target BatchNorm statistics' if plain else ''})",
+                     "source": cell(baseline.get(split)), "target": cell(baseline.get(target))})
         points = metrics.get("adaptation_gain") or {}
         gain = {domain: _points(points[domain]["accuracy"]) if domain in points else "-"
                 for domain in ("source", "target")}
@@ -341,6 +359,8 @@ def domain_rows(inputs: CardInputs, split: str) -> dict[str, Any] | None:
     if adaptation.get("adversarial_warmup_steps"):
         notes.append(f"The adversarial term was off for the first {adaptation['adversarial_warmup_steps']} optimizer "
                      "steps, then ramped up.")
+    if adaptation.get("saved_statistics"):
+        notes.append(statistics_note(adaptation))
     if adaptation.get("lr_schedule") == "dann":
         notes.append(f"Learning rates followed DANN's annealing mu_0 / (1 + {adaptation.get('lr_alpha', 10):g} p)"
                      f"^{adaptation.get('lr_beta', 0.75):g} over training progress p.")

@@ -225,6 +225,10 @@ def _print_summary(metrics: dict, output_dir, wall_s: float | None = None, pushe
 def _print_domains(metrics: dict, split: str) -> None:
     """Domain adaptation (``target_test``/``target_validation`` in the metrics): source and target side by side,
     with the source-only baseline and the adaptation gain when ``evaluation.compare_source_only`` trained it."""
+    import textwrap
+
+    from .card import statistics_note
+
     target = "target_test" if "target_test" in metrics else "target_validation"
     if target not in metrics:
         return
@@ -239,10 +243,17 @@ def _print_domains(metrics: dict, split: str) -> None:
     print(f"  {method:<24} {cell(metrics.get(split)):<22} {cell(metrics[target])}")
     baseline = metrics.get("source_only")
     if baseline:
-        print(f"  {'source only':<24} {cell(baseline.get(split)):<22} {cell(baseline.get(target))}")
+        plain = baseline.get("target_with_source_statistics")  # per-domain statistics: the baseline without them
+        if plain:
+            print(f"  {'source only, no adapt.':<24} {cell(baseline.get(split)):<22} {cell(plain)}")
+        name = "source only, target BN" if plain else "source only"
+        print(f"  {name:<24} {cell(baseline.get(split)):<22} {cell(baseline.get(target))}")
         gain = metrics.get("adaptation_gain", {})
         points = [f"{gain[d]['accuracy'] * 100:+.2f} pts" if d in gain else "-" for d in ("source", "target")]
         print(f"  {'adaptation gain':<24} {points[0]:<22} {points[1]}")
+    adaptation = metrics.get("domain_adaptation") or {}
+    if adaptation.get("saved_statistics"):
+        print(textwrap.fill(statistics_note(adaptation), width=110, initial_indent="  ", subsequent_indent="  "))
 
 
 def _version() -> str:

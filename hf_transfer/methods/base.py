@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -60,6 +61,10 @@ class Method:
     def extra_metrics(self, trainer: "TransferTrainer", label_names: list[str]) -> dict[str, Any]:
         """Metrics beyond the recipe's own splits, merged into ``metrics.json``."""
         return {}
+
+    def write_outputs(self, folder: Path) -> None:
+        """Files the saved model needs beside it, written into the run's staging ``folder`` on the main process
+        (after :meth:`extra_metrics`). The default writes nothing."""
 
 
 def classifier_layer(model: nn.Module, layout: ParameterLayout) -> nn.Linear:

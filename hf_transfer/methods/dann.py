@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -44,6 +44,10 @@ SELECTIONS: dict[str, tuple[str | None, bool, str]] = {
     "target_val": ("target_labelled_accuracy", True, "the best accuracy on a small labelled target validation set "
                                                      "(`target_labelled_per_class` examples per class)"),
 }
+#: Where ``batchnorm: per_domain`` keeps the other domain's running statistics: beside the saved model (the
+#: source's) and in each checkpoint (the target's, as the model there holds the source's).
+SOURCE_STATISTICS_FILE = "source_batchnorm.safetensors"
+TARGET_STATISTICS_FILE = "dann_target_batchnorm.safetensors"
 #: Training fields that ``lr_schedule: dann`` replaces; a recipe setting them asks for two schedules.
 SCHEDULE_FIELDS = ("lr_scheduler_type", "warmup_steps", "warmup_ratio", "lr_scheduler_kwargs")
 
@@ -67,7 +71,7 @@ class DannOptions:
     """Reversal coefficient ``lambda = 2 / (1 + exp(-gamma p)) - 1`` at progress ``p`` of the steps after warm-up."""
     warmup_steps: int = 0
     """Optimizer steps at the start without the adversarial term: the label classifier learns the source first
-    (with ``joint_forward`` the target batches still share the batch statistics), then the domain classifier
+    (with ``batchnorm: joint`` or ``per_domain`` the target batches still pass, for the statistics), then the domain classifier
     starts and lambda ramps over the remaining steps. With the ramp tied to all steps, a one-epoch run reaches
     lambda ~ 1 by mid-run. A domain classifier trained alone during the warm-up would separate the domains with
     huge confidence, and the reversal would then flip the features rather than align them."""
@@ -86,11 +90,15 @@ class DannOptions:
     ``training.metric_for_best_model`` on the source validation split; ``target_entropy`` by the lowest mean
     prediction entropy on the target validation images (unsupervised); ``target_val`` by the accuracy on
     ``target_labelled_per_class`` labelled examples per class of the target validation split."""
-    joint_forward: bool = True
-    """Models with BatchNorm: source and target batches go through the model together, so they share batch
-    statistics in training as they share the saved running statistics at test time. False: one pass per domain,
-    each normalised with its own statistics; the model then leans on per-domain statistics it will not have at
-    test time, and source or target accuracy drops (docs/performance.md)."""
+    batchnorm: Literal["joint", "separate", "per_domain"] = "joint"
+    """Models with BatchNorm. ``joint``: source and target batches go through the model together, so they share
+    batch statistics in training as they share the saved running statistics at test time. ``separate``: one pass
+    per domain, each normalised with its own batch statistics but one set of running statistics; the model then
+    leans on per-domain statistics it will not have at test time. ``per_domain``: one pass per domain and one set
+    of running statistics per domain (AdaBN, Li et al. 2016; domain-specific BatchNorm, Chang et al., CVPR 2019):
+    the saved model normalises with the target's, the source's are saved beside it
+    (``source_batchnorm.safetensors``) and the source metrics are measured with them. Without BatchNorm layers
+    the three are the same."""
     domain_learning_rate: float | None = None
     """Learning rate of the domain classifier; defaults to ``training.learning_rate``."""
 
@@ -221,6 +229,62 @@ def momentum(layers: dict[nn.Module, float | None]) -> Iterator[None]:
             layer.momentum = 0.0
 
 
+class DomainStatistics:
+    """Two sets of BatchNorm running statistics in one model (``batchnorm: per_domain``).
+
+    The layers hold the active domain's buffers; the other domain's wait here and are swapped in by reference, so
+    a switch costs no copy. Both start from the model's own (pretrained) statistics. torch has no such layer
+    (a BatchNorm with several running statistics), hence this.
+    """
+
+    BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = {name: layer for name, layer in model.named_modules()
+                       if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats}
+        self.active = "source"
+        self.waiting = {name: {key: tensor.clone() for key, tensor in self._held(layer).items()}
+                        for name, layer in self.layers.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def _held(self, layer: nn.Module) -> dict[str, torch.Tensor]:
+        return {key: getattr(layer, key) for key in self.BUFFERS}
+
+    def use(self, domain: str) -> None:
+        """Make ``domain``'s statistics the layers' own (``source`` or ``target``)."""
+        if domain == self.active:
+            return
+        for name, layer in self.layers.items():
+            held = self._held(layer)
+            for key, tensor in self.waiting[name].items():
+                setattr(layer, key, tensor)  # a registered buffer: the module's state_dict now holds it
+            self.waiting[name] = held
+        self.active = domain
+
+    @contextmanager
+    def of(self, domain: str) -> Iterator[None]:
+        previous = self.active
+        self.use(domain)
+        try:
+            yield
+        finally:
+            self.use(previous)
+
+    def state_dict(self, domain: str) -> dict[str, torch.Tensor]:
+        """``domain``'s statistics under the model's own state-dict names, on the CPU."""
+        with self.of(domain):
+            return {f"{name}.{key}": tensor.detach().cpu().clone().contiguous()
+                    for name, layer in self.layers.items() for key, tensor in self._held(layer).items()}
+
+    def load_state_dict(self, domain: str, weights: dict[str, torch.Tensor]) -> None:
+        with self.of(domain), torch.no_grad():
+            for name, layer in self.layers.items():
+                for key, tensor in self._held(layer).items():
+                    tensor.copy_(weights[f"{name}.{key}"])
+
+
 def endless(loader: DataLoader) -> Iterator[dict[str, Any]]:
     while True:
         yield from loader
@@ -243,9 +307,9 @@ class DANN(Method):
     the reversal coefficient ramps from 0 to 1, optionally after a warm-up on the source alone, and
     ``lr_schedule: dann`` anneals the learning rate. Every evaluation also measures the target validation split
     (``eval_target_accuracy``, ``eval_target_entropy`` in the logs), which ``selection`` can keep the checkpoint by.
-    In a model with BatchNorm the target batches join the source batch in one pass (``joint_forward``, as in
+    In a model with BatchNorm the target batches join the source batch in one pass (``batchnorm: joint``, as in
     TLlib's DANN), and the Trainer's own source pass, whose loss is then recomputed, leaves the running statistics
-    alone.
+    alone; or each domain keeps its own statistics (``batchnorm: per_domain``, :class:`DomainStatistics`).
     """
 
     Options = DannOptions
@@ -264,6 +328,8 @@ class DANN(Method):
         self._selection_indices: list[int] | None = None
         self._momenta: dict[nn.Module, float | None] = {}
         """BatchNorm layers and their momentum, while joint passes alone move the running statistics."""
+        self.statistics: DomainStatistics | None = None
+        """``batchnorm: per_domain``: the target's running statistics beside the source's."""
 
     def preflight(self, recipe, task, label_names: list[str] | None = None) -> dict[str, Any]:
         """The options agree with ``training``; the target data loads with the task's columns (and, given the
@@ -286,8 +352,10 @@ class DANN(Method):
             self._labelled_indices = per_class_indices(column_values(target.train, LABEL), per_class, seed)
             self._selection_indices = per_class_indices(column_values(target.validation, LABEL), per_class, seed)
         target_passes = self.options.adversarial_weight > 0 or (per_class and self.options.target_weight > 0)
-        if self.options.joint_forward and target_passes:
+        if self.options.batchnorm == "joint" and target_passes:
             self._momenta = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        if self.options.batchnorm == "per_domain":
+            self.statistics = DomainStatistics(model) or None
         metric, greater_is_better, _ = SELECTIONS[self.options.selection]
         if metric is not None:  # the Trainer keeps the checkpoint by it; preflight refused a conflicting recipe
             trainer.args.metric_for_best_model, trainer.args.greater_is_better = metric, greater_is_better
@@ -337,9 +405,11 @@ class DANN(Method):
             playing = state.global_step >= warmup
             if playing or self._momenta:  # in the warm-up the target batch only joins the batch statistics
                 parts["unlabelled"] = next(self.unlabelled)
+        if self.statistics is not None and "unlabelled" not in parts:  # warm-up, source only: target statistics
+            parts["unlabelled"] = next(self.unlabelled)
         if len(parts) > 1 and self._momenta and not stackable(list(parts.values())):
             logger.warning("DANN: source and target batches differ in shape; they go through the model one at a "
-                           "time (method.joint_forward) from now on.")
+                           "time (method.batchnorm: separate) from now on.")
             self.end_joint_passes()
             self._momenta = {}
         if len(parts) > 1 and self._momenta:
@@ -375,15 +445,21 @@ class DANN(Method):
         return dict(zip(parts, outputs.logits.split(sizes))), dict(zip(parts, self.features.split(sizes)))
 
     def _separate_forwards(self, model: nn.Module, parts: dict[str, dict[str, Any]]):
-        """One pass per target batch after the Trainer's source pass (models without BatchNorm: the same result)."""
+        """One pass per target batch after the Trainer's source pass (models without BatchNorm: the same result),
+        with the target's running statistics when each domain has its own."""
         logits, features = {}, {"source": self.features}
-        if "labelled" in parts:
-            logits["labelled"] = self._forward(model, parts["labelled"])[0].logits
-        if "unlabelled" in parts:
-            with torch.set_grad_enabled(self.coefficient > 0):  # no reversed gradient yet: no backward through it
-                self._forward(model, parts["unlabelled"])
-            features["unlabelled"] = self.features
+        with self.target_statistics():
+            if "labelled" in parts:
+                logits["labelled"] = self._forward(model, parts["labelled"])[0].logits
+            if "unlabelled" in parts:
+                with torch.set_grad_enabled(self.coefficient > 0):  # no reversed gradient yet: no backward
+                    self._forward(model, parts["unlabelled"])
+                features["unlabelled"] = self.features
         return logits, features
+
+    def target_statistics(self):
+        """A block in which the model normalises with the target's running statistics (``per_domain``)."""
+        return self.statistics.of("target") if self.statistics is not None else nullcontext()
 
     def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The Trainer's source loss, recomputed on the joint pass: class weights and label smoothing included."""
@@ -405,7 +481,8 @@ class DANN(Method):
     def target_scores(self) -> dict[str, float]:
         """The target validation split's accuracy and mean prediction entropy (and, with labelled target examples,
         the accuracy on the small labelled selection set), named as ``Trainer.evaluate`` names its metrics."""
-        output = self.trainer.predict(self.target_inputs.validation, metric_key_prefix="target_validation")
+        with self.target_statistics():
+            output = self.trainer.predict(self.target_inputs.validation, metric_key_prefix="target_validation")
         logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
         correct = np.argmax(logits, axis=-1) == np.asarray(output.label_ids)
         scores = {"eval_target_accuracy": round(float(correct.mean()), 6),
@@ -420,16 +497,19 @@ class DANN(Method):
 
     def callbacks(self) -> list[TrainerCallback]:
         callbacks = [_SingleProcessOnly(), DomainClassifierCheckpoint(self), DomainClassifierGradients(self),
-                     TargetEvaluation(self), JointPasses(self)]
+                     TargetEvaluation(self), JointPasses(self), TargetStatisticsCheckpoint(self)]
         if self.options.lr_schedule == "dann":
             callbacks.append(AnnealedLearningRate(self.options.lr_alpha, self.options.lr_beta))
         return callbacks
 
     def extra_metrics(self, trainer, label_names: list[str]) -> dict[str, Any]:
-        metrics = {"target_validation": evaluate_split(trainer, self.target_inputs.validation, label_names,
-                                                       "target_validation")}
-        if self.target_inputs.test is not None:
-            metrics["target_test"] = evaluate_split(trainer, self.target_inputs.test, label_names, "target_test")
+        """The target splits; with ``batchnorm: per_domain`` measured with the target's statistics, which the model
+        keeps from here on (the source splits were measured before, with the source's)."""
+        with self.target_statistics():
+            metrics = {"target_validation": evaluate_split(trainer, self.target_inputs.validation, label_names,
+                                                           "target_validation")}
+            if self.target_inputs.test is not None:
+                metrics["target_test"] = evaluate_split(trainer, self.target_inputs.test, label_names, "target_test")
         options, total = self.options, int(trainer.state.max_steps)
         metric, _, selected_by = SELECTIONS[options.selection]
         metrics["domain_adaptation"] = {
@@ -437,8 +517,24 @@ class DANN(Method):
             "selection_metric": metric or trainer.args.metric_for_best_model, "selected_by": selected_by,
             "lr_schedule": options.lr_schedule, "lr_alpha": options.lr_alpha, "lr_beta": options.lr_beta,
             "adversarial_warmup_steps": options.warmup(total),
-            "final_coefficient": round(self.coefficient, 6)}
+            "final_coefficient": round(self.coefficient, 6), "batchnorm": options.batchnorm}
+        if self.statistics is not None:
+            split = "target_test" if self.target_inputs.test is not None else "target_validation"
+            inputs = self.target_inputs.test if self.target_inputs.test is not None else self.target_inputs.validation
+            with self.statistics.of("source"):  # what the same weights score on the target without its statistics
+                plain = evaluate_split(trainer, inputs, label_names, f"{split}_source_statistics")
+            metrics["domain_adaptation"].update({
+                "saved_statistics": "target", "source_statistics_file": SOURCE_STATISTICS_FILE,
+                "target_with_source_statistics": {"split": split, "accuracy": plain["accuracy"],
+                                                  "f1_macro": plain["f1_macro"]}})
+            self.statistics.use("target")
         return metrics
+
+    def write_outputs(self, folder: Path) -> None:
+        """``batchnorm: per_domain``: the source's running statistics beside the model, which holds the target's."""
+        if self.statistics is not None:
+            save_file(self.statistics.state_dict("source"), str(Path(folder) / SOURCE_STATISTICS_FILE),
+                      metadata={"format": "pt"})
 
 
 def check_training(options: DannOptions, training: dict[str, Any]) -> None:
@@ -553,6 +649,38 @@ class DomainClassifierCheckpoint(TrainerCallback):
         else:
             logger.warning("Checkpoint %s has no %s; the domain classifier starts afresh.", path.parent, self.FILE)
         self.method.start_target_batches(resumed_at_step=state.global_step)
+
+
+class TargetStatisticsCheckpoint(TrainerCallback):
+    """``batchnorm: per_domain``: each checkpoint's model holds the source statistics, and this file the target's;
+    read back on resume and with the best checkpoint at the end of training."""
+
+    def __init__(self, method: DANN) -> None:
+        self.method = method
+
+    def path(self, args, step: int) -> Path:
+        return checkpoint_dir(args.output_dir, step) / TARGET_STATISTICS_FILE
+
+    def on_save(self, args, state, control, **kwargs):
+        statistics, path = self.method.statistics, self.path(args, state.global_step)
+        if statistics is not None and state.is_world_process_zero and path.parent.is_dir():
+            save_file(statistics.state_dict("target"), path)  # before the manifest is written: the manifest lists it
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.method.statistics is not None and state.global_step:
+            self._load(self.path(args, state.global_step))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        best = state.best_model_checkpoint
+        if self.method.statistics is not None and args.load_best_model_at_end and best:
+            self._load(Path(best) / TARGET_STATISTICS_FILE)  # the Trainer has just loaded that checkpoint's model
+
+    def _load(self, path: Path) -> None:
+        if path.is_file():
+            self.method.statistics.load_state_dict("target", load_file(path))
+        else:
+            logger.warning("Checkpoint %s has no %s; the target's BatchNorm statistics are those of the last step.",
+                           path.parent, TARGET_STATISTICS_FILE)
 
 
 class _SingleProcessOnly(TrainerCallback):

@@ -63,6 +63,16 @@ def adaptation_gain(metrics: dict[str, Any], baseline: dict[str, Any]) -> dict[s
     return gain
 
 
+def baseline_report(reference: dict[str, Any]) -> dict[str, Any]:
+    """The baseline's splits; with per-domain BatchNorm statistics also its target score with the source's (the
+    model with no adaptation at all, as target statistics alone are an adaptation: AdaBN)."""
+    report = {key: reference[key] for key in COMPARED if key in reference}
+    plain = (reference.get("domain_adaptation") or {}).get("target_with_source_statistics")
+    if plain:
+        report["target_with_source_statistics"] = plain
+    return report
+
+
 def run_source_only(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetrics | None = None,
                     data: PreparedData | None = None) -> FinetuneResult:
     """The source-only baseline first (reused when finished), then the adapted run with the comparison."""
@@ -75,6 +85,6 @@ def run_source_only(recipe: Recipe, write_card: bool = True, extra_metrics: Extr
                         baseline.output.dir)
         reference = run_or_reuse(baseline, data)
         compared = comparison(lambda metrics: {
-            "source_only": {key: reference[key] for key in COMPARED if key in reference},
-            "adaptation_gain": adaptation_gain(metrics, reference)}, extra_metrics)
+            "source_only": baseline_report(reference), "adaptation_gain": adaptation_gain(metrics, reference)},
+            extra_metrics)
         return run_compared(recipe, write_card, extra_metrics=compared, data=data)

@@ -10,6 +10,7 @@ import logging
 import signal
 import time
 from contextlib import ExitStack
+from functools import partial
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -264,6 +265,13 @@ def preflight_run(recipe: Recipe) -> tuple[RunFolder, TrainingPlan]:
     return folder, preflight_training(recipe)
 
 
+def _write_extra_outputs(build: RunBuild, folder: Path) -> None:
+    """What the strategy (lora's adapter) and the method (DANN's source statistics) save beside the model."""
+    build.trainer.strategy.write_outputs(folder)
+    if build.method is not None:
+        build.method.write_outputs(folder)
+
+
 def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetrics | None = None,
                data: PreparedData | None = None) -> FinetuneResult:
     """One training run; ``data`` replaces the recipe's own splits (cross-validation folds, curve fractions)."""
@@ -295,6 +303,6 @@ def run_single(recipe: Recipe, write_card: bool = True, extra_metrics: ExtraMetr
         build.model = build.trainer.strategy.export_model(build.model)
         if build.trainer.is_world_process_zero():
             write_run_outputs(build.trainer, recipe, data, metrics, folder, write_card=write_card, model=build.model,
-                              extra_outputs=build.trainer.strategy.write_outputs)
+                              extra_outputs=partial(_write_extra_outputs, build))
         build.trainer.accelerator.wait_for_everyone()
     return FinetuneResult(output_dir=folder.path, metrics=metrics, model=build.model, trainer=build.trainer)

@@ -117,7 +117,7 @@ def test_joint_pass_shares_batch_statistics_and_alone_moves_the_running_ones(tin
 
 def test_separate_passes_keep_the_trainers_source_loss(tiny_timm_dir, image_folder_data, target_images, tmp_path):
     trainer = built(dann_recipe(tiny_timm_dir, image_folder_data, target_images, tmp_path / "run",
-                                joint_forward=False), tmp_path)
+                                batchnorm="separate"), tmp_path)
     method, model = trainer.method, trainer.model.train()
     assert method._momenta == {}
     trainer.state.max_steps, trainer.state.global_step = 10, 5
