@@ -90,15 +90,16 @@ class DannOptions:
     ``training.metric_for_best_model`` on the source validation split; ``target_entropy`` by the lowest mean
     prediction entropy on the target validation images (unsupervised); ``target_val`` by the accuracy on
     ``target_labelled_per_class`` labelled examples per class of the target validation split."""
-    batchnorm: Literal["joint", "separate", "per_domain"] = "joint"
-    """Models with BatchNorm. ``joint``: source and target batches go through the model together, so they share
+    batchnorm: Literal["joint", "separate", "per_domain"] = "per_domain"
+    """Models with BatchNorm. ``per_domain`` (the default): one pass per domain and one set of running statistics
+    per domain (AdaBN, Li et al. 2016; domain-specific BatchNorm, Chang et al., CVPR 2019): the saved model
+    normalises with the target's, the source's are saved beside it (``source_batchnorm.safetensors``) and the
+    source metrics are measured with them; one shared set cannot serve two domains whose inputs differ
+    (docs/performance.md). ``joint``: source and target batches go through the model together, so they share
     batch statistics in training as they share the saved running statistics at test time. ``separate``: one pass
     per domain, each normalised with its own batch statistics but one set of running statistics; the model then
-    leans on per-domain statistics it will not have at test time. ``per_domain``: one pass per domain and one set
-    of running statistics per domain (AdaBN, Li et al. 2016; domain-specific BatchNorm, Chang et al., CVPR 2019):
-    the saved model normalises with the target's, the source's are saved beside it
-    (``source_batchnorm.safetensors``) and the source metrics are measured with them. Without BatchNorm layers
-    the three are the same."""
+    leans on per-domain statistics it will not have at test time. Without BatchNorm layers the three are the
+    same."""
     domain_learning_rate: float | None = None
     """Learning rate of the domain classifier; defaults to ``training.learning_rate``."""
 

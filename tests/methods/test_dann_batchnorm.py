@@ -126,3 +126,32 @@ def test_source_only_comparison_shows_the_baseline_with_and_without_target_stati
     _print_summary(result.metrics, out)
     printed = capsys.readouterr().out
     assert "source only, no adapt." in printed and "source only, target BN" in printed
+
+
+def test_checkpoints_carry_the_target_statistics_back_to_the_best_model(tiny_timm_dir, image_folder_data,
+                                                                        target_images, tmp_path):  # noqa: F811
+    from types import SimpleNamespace
+
+    from hf_transfer.methods.dann import TARGET_STATISTICS_FILE, TargetStatisticsCheckpoint
+
+    trainer = built(dann_recipe(tiny_timm_dir, image_folder_data, target_images, tmp_path / "run",
+                                batchnorm="per_domain"), tmp_path)
+    method = trainer.method
+    callback = next(c for c in method.callbacks() if isinstance(c, TargetStatisticsCheckpoint))
+    args = SimpleNamespace(output_dir=str(tmp_path / "ckpt"), load_best_model_at_end=True)
+    folder = tmp_path / "ckpt" / "checkpoint-3"
+    folder.mkdir(parents=True)
+    state = SimpleNamespace(global_step=3, is_world_process_zero=True, best_model_checkpoint=str(folder))
+    callback.on_save(args, state, None)
+    saved = method.statistics.state_dict("target")
+    assert (folder / TARGET_STATISTICS_FILE).is_file()
+    with method.statistics.of("target"), torch.no_grad():
+        for layer in method.statistics.layers.values():
+            layer.running_mean.add_(1.0)  # training went on after the best checkpoint
+    name = next(k for k in saved if k.endswith("running_mean"))
+    assert not torch.equal(method.statistics.state_dict("target")[name], saved[name])
+    callback.on_train_end(args, state, None)
+    assert torch.equal(method.statistics.state_dict("target")[name], saved[name])
+    assert method.statistics.active == "source"
+    callback.on_train_begin(args, SimpleNamespace(global_step=3), None)  # a resumed run reads the same file
+    assert torch.equal(method.statistics.state_dict("target")[name], saved[name])

@@ -91,7 +91,8 @@ def test_joint_pass_shares_batch_statistics_and_alone_moves_the_running_ones(tin
                                                                             target_images, tmp_path):
     import torch.nn.functional as F
 
-    trainer = built(dann_recipe(tiny_timm_dir, image_folder_data, target_images, tmp_path / "run"), tmp_path)
+    trainer = built(dann_recipe(tiny_timm_dir, image_folder_data, target_images, tmp_path / "run",
+                                batchnorm="joint"), tmp_path)
     method, model = trainer.method, trainer.model.train()
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and set(method._momenta) == set(norms)
@@ -166,7 +167,7 @@ def test_selection_keeps_the_checkpoint_with_the_best_target_metric(tiny_timm_di
     assert state.best_global_step == evaluations[chosen]["step"]
     assert result.metrics["train"]["best_checkpoint_metric"] == pytest.approx(values[chosen])
     norms = [m for m in result.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert result.trainer.method._momenta and all(m.momentum == 0.1 for m in norms)  # given back after training
+    assert result.trainer.method.statistics and all(m.momentum == 0.1 for m in norms)  # per domain: untouched
     assert all(p.grad is None for p in result.trainer.method.discriminator.parameters())  # cleared every step
     adaptation = result.metrics["domain_adaptation"]
     assert adaptation["selection"] == selection and adaptation["selection_metric"] == key.removeprefix("eval_")
