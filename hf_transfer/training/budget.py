@@ -4,8 +4,10 @@ A budget replaces "how many epochs" by "how long". The time of an optimizer step
 steps (data loading, the model, precision, the method's extra passes, the machine's load all count), so
 ``TimeBudgetCallback`` times the first steps of the run itself and then sets the run's length: the steps that fit
 in what is left of the budget, after evaluations, checkpoints and the final evaluation of validation and test.
-After each evaluation it plans again from everything timed so far (the first steps alone misled: with
-``group_by_length`` the longest batch comes first, and a 4-minute SST-2 budget ended after 2 min 53 s).
+After each evaluation, and each time a quarter of the steps still planned have run, it plans again from
+everything timed so far (the first steps alone misled: with ``group_by_length`` the longest batch comes first; a
+4-minute SST-2 budget ended after 2 min 53 s, and an 8-minute MPNet run, which could afford one evaluation only,
+after 4 minutes).
 Evaluation then runs about ``TARGET_EVALUATIONS`` times (each epoch, when the run spans 5 to 10 epochs).
 
 The run's LR schedule follows the chosen length: ``Trainer`` builds its scheduler from the provisional length at the
@@ -54,6 +56,8 @@ EVAL_SHARE = 0.2
 EVAL_COST = 0.5
 """An evaluation example's cost against a training example's, before an evaluation was timed: a forward pass is
 about a third of forward + backward + update; a half is on the safe side."""
+REPLAN_SHARE = 0.25
+"""Share of the steps still planned after which the length is planned again, evaluation or not."""
 VERY_LONG = 1 << 30
 """Evaluation/save interval before the cadence is chosen: nothing is evaluated while the first steps are timed."""
 
@@ -196,6 +200,8 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         self._resumed = False
         self._planned_with = 0
         """Evaluations timed when the length was last planned: each new one plans again."""
+        self._replan_at = 0
+        """The step at which the length is planned again even without an evaluation."""
 
     # ---------------------------------------------------------------------------------------- state
 
@@ -240,9 +246,10 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
             elif self._probe_start is not None and step - self._probe_from >= PROBE_STEPS:
                 step_s = (now - self._probe_start - self._overhead) / (step - self._probe_from)
                 self._decide(args, state, control, lr_scheduler, now, max(step_s, 1e-9))
-        elif len(self._eval_times) > self._planned_with and not self._resumed:  # an evaluation was timed: plan
-            self._planned_with = len(self._eval_times)  # again with it and the steps timed so far
-            self._decide(args, state, control, lr_scheduler, now, self._mean_step_s(now, step), measured=True)
+        elif not self._resumed and (len(self._eval_times) > self._planned_with or step >= self._replan_at):
+            self._planned_with = len(self._eval_times)  # an evaluation was timed, or a share of the steps ran:
+            self._decide(args, state, control, lr_scheduler, now, self._mean_step_s(now, step),  # plan again
+                         measured=bool(self._eval_times))
         if self.plan is not None and not control.should_training_stop:
             self._guard(args, state, control, now)
         self._mark = now
@@ -297,6 +304,7 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         interval = self._interval(args, state, steps, left, each)
         evaluations = 0 if interval is None else math.ceil(steps / interval) - step // interval
         first = self.plan is None
+        self._replan_at = step + max(1, math.ceil(REPLAN_SHARE * (steps - step)))
         if not first and abs(steps - self.plan.max_steps) <= 0.05 * self.plan.max_steps:
             self.plan.eval_s, self.plan.save_s, self.plan.measured = eval_s, save_s, measured  # close enough: keep
             return

@@ -247,3 +247,34 @@ def test_the_plan_follows_steps_that_turn_fast(tmp_path):
     assert callback.plan.max_steps > 3 * first_plan  # the first plan assumed 0.5 s steps for the whole run
     assert 0.8 * 100 <= clock.now + final_s <= 100, clock.now
     assert callback.plan.step_s < 0.2 and callback.report()["measured"]
+
+
+def test_a_run_with_one_evaluation_plans_again_before_its_end(tmp_path):
+    """The MPNet case: evaluations so dear that only the final one is affordable, and steps that turn fast after
+    the timed ones. With no evaluation to plan again at, the run kept its first plan and used half the budget; a
+    quarter of the steps still planned is a reason to plan again too."""
+    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", eval_steps=1 << 30,
+                             save_strategy="steps", save_steps=1 << 30, report_to="none")
+    callback = TimeBudgetCallback(100, eval_examples=200, final_examples=200)
+    state, clock = TrainerState(max_steps=100_000, num_train_epochs=100), FakeClock(1.0)
+    callback.clock = clock
+    callback.on_train_begin(args, state, TrainerControl())
+    step, first_plan, evaluations = 0, None, 0
+    while True:
+        step += 1
+        clock.now += 1.0 if step <= WARMUP_STEPS + PROBE_STEPS else 0.5
+        state.global_step = step
+        control = callback.on_step_end(args, state, TrainerControl())
+        if callback.plan and first_plan is None:
+            first_plan = callback.plan
+            assert first_plan.evaluations == 1  # 200 examples cost ~100 steps' time: only the last is affordable
+        if step >= state.max_steps or control.should_training_stop:
+            break
+        if state.eval_steps and step % state.eval_steps == 0:
+            evaluations += 1
+            clock.now += 10.0
+            callback.on_evaluate(args, state, control)
+            callback.on_save(args, state, control)
+    assert callback.plan.max_steps > 1.5 * first_plan.max_steps
+    assert callback.plan.step_s == pytest.approx(0.5, rel=0.1) and evaluations == 0
+    assert clock.now >= 0.6 * 100, clock.now  # the budget used, not ended at its half
