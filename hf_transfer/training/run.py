@@ -11,7 +11,7 @@ import signal
 import time
 from contextlib import ExitStack
 from functools import partial
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -221,9 +221,11 @@ def protected_paths(recipe: Recipe) -> dict[str, Path]:
     """Local inputs of the run (data folders, files) that ``output.dir`` must neither be nor contain."""
     found: dict[str, Path] = {}
     sections = [("data", recipe.data)]
-    target = getattr(recipe.method.options, "target", None)
-    if target is not None and hasattr(target, "path"):
-        sections.append(("method.target", target))
+    options = recipe.method.options
+    for name in (item.name for item in fields(options)) if is_dataclass(options) else ():
+        section = getattr(options, name)  # the method's own data: DANN's target, distillation's unlabelled
+        if hasattr(section, "path"):
+            sections.append((f"method.{name}", section))
     for i, stage in enumerate(recipe.stages):
         sections.append((f"stages.{i}.data", stage.recipe.data))
     for where, section in sections:

@@ -523,3 +523,22 @@ def test_a_logs_folder_the_run_did_not_write_is_foreign(tmp_path):
     with pytest.raises(OutputError, match="did not write.*logs"):
         claim(RunFolder(path, overwrite=True))
     assert snapshot(path) == before
+
+
+def test_the_methods_own_data_folders_are_protected_too(tmp_path):
+    from hf_transfer import Recipe
+    from hf_transfer.training.run import protected_paths, run_folder
+
+    data, unlabelled, target = (tmp_path / name for name in ("data", "unlabelled", "target"))
+    for folder in (data, unlabelled, target):
+        folder.mkdir()
+    distil = Recipe.from_dict({"task": "text-classification", "model": {"name_or_path": "some/model"},
+                               "data": {"path": str(data)},
+                               "method": {"name": "distillation", "teacher": "some/teacher",
+                                          "unlabelled": {"path": str(unlabelled)}},
+                               "output": {"dir": str(unlabelled / "run")}})
+    assert protected_paths(distil) == {"data.path": data, "method.unlabelled.path": unlabelled}
+    with pytest.raises(OutputError, match="overlaps 'method.unlabelled.path'"):
+        run_folder(distil).check(distil.to_yaml())
+    dann = distil.replace({"method": {"name": "dann", "target": {"path": str(target)}}})
+    assert protected_paths(dann) == {"data.path": data, "method.target.path": target}
