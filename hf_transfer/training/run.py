@@ -42,7 +42,7 @@ from .guards import GracefulStop, NonFiniteLossGuard
 from .outputs import RunFolder
 from ..evaluation.predict import evaluate_split
 from .preflight import TrainingPlan, preflight_training
-from .threads import choose_threads, local_processes, torch_threads
+from .threads import ThreadRecheck, choose_threads, local_processes, torch_threads
 from .trainer import TransferTrainer
 
 logger = logging.getLogger(__name__)
@@ -163,9 +163,12 @@ def _train_and_evaluate(recipe: Recipe, data: PreparedData, folder: RunFolder, r
     build = build_trainer(recipe, data, folder.checkpoints)
     args = build.trainer.args
     threads = choose_threads(args.dataloader_num_workers, local_processes(args.world_size), build.feature_cache is not None)
+    recheck = ThreadRecheck(threads) if threads.ceiling else None
+    if recheck is not None:
+        build.trainer.add_callback(recheck)
     with torch_threads(threads):
         build, metrics = _trained(build, recipe, data, folder, resume_from, extra)
-    metrics["train"]["torch_threads"] = threads.to_metrics()
+    metrics["train"]["torch_threads"] = {**threads.to_metrics(), **(recheck.report() if recheck else {})}
     return build, metrics
 
 

@@ -14,6 +14,8 @@ takes many times longer than on one thread (measured in docs/performance.md). So
   thread of its own); at least one.
 
 The count is only ever lowered (a lower one set in the process, e.g. by a notebook, stays), and put back after the run.
+A run of one process looks at the other work again every ``RECHECK_S`` seconds (:class:`ThreadRecheck`), so a
+burst of other work at its start does not halve the whole run, and work that starts later gets its cores back.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import torch
+from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
 USER_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+RECHECK_S = 60.0
+"""Seconds of training between two looks at the machine's other work."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class ThreadChoice:
     cores: int
     workers: int
     processes: int
+    ceiling: int = 0
+    """The most threads the run may take when it looks again (the count before the run); 0: it never looks again
+    (a user's variable, a cached head, several processes)."""
 
     def to_metrics(self) -> dict[str, object]:
         return asdict(self)
@@ -95,14 +103,84 @@ def choose_threads(workers: int, processes: int, cached_head: bool, environ: Map
         threads, reason = 1, "a head trained on cached features"
     else:
         busy = busy_cores(cores, processes) if busy is None else busy
-        free = max(1, (cores - busy) // processes)
-        threads = max(1, free - workers)
+        threads = threads_for(cores, busy, processes, workers)
         reason = (f"{cores} cores" + (f", {busy} busy with other work" if busy else "")
                   + f", {processes} training process{'es' if processes > 1 else ''}, "
                   f"{workers} data-loader worker{'s' if workers != 1 else ''}")
     if threads > current:  # never raised: a lower count was set in this process on purpose
         threads, reason = current, f"{current} already set in this process ({reason} would allow {threads})"
-    return ThreadChoice(threads, reason, cores, workers, processes)
+    ceiling = current if not cached_head and processes == 1 and cores == (os.cpu_count() or cores) else 0
+    return ThreadChoice(threads, reason, cores, workers, processes, ceiling)
+
+
+def threads_for(cores: int, busy: int, processes: int, workers: int) -> int:
+    """The free cores shared among the training processes, less one per data-loader worker; at least one."""
+    return max(1, max(1, (cores - busy) // processes) - workers)
+
+
+def _state_and_parent(stat: Path) -> tuple[str, int] | None:
+    """A task's state letter and parent pid from its ``stat`` file (the name in brackets may hold spaces)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def others_runnable(proc: Path = Path("/proc"), pid: int | None = None, samples: int = 5) -> int | None:
+    """Threads runnable right now outside this process and its children (data-loader workers), the least of a few
+    samples; None where ``/proc`` cannot tell. Unlike at the start, the run's own threads are busy now, so they
+    are counted and taken away rather than assumed."""
+    pid = os.getpid() if pid is None else pid
+    tree = [pid] + [int(entry.name) for entry in proc.iterdir() if entry.name.isdigit() and entry.name != str(pid)
+                    and (_state_and_parent(entry / "stat") or ("", -1))[1] == pid]
+    counts = []
+    for sample in range(samples):
+        try:
+            total = int((proc / "loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            return None
+        ours = sum(1 for member in tree for stat in (proc / str(member) / "task").glob("*/stat")
+                   if (_state_and_parent(stat) or ("",))[0] == "R")
+        counts.append(max(0, total - ours))
+        if sample + 1 < samples:
+            time.sleep(0.02)
+    return min(counts)
+
+
+class ThreadRecheck(TrainerCallback):
+    """Every ``RECHECK_S`` seconds of training, the thread count again from the other work on the machine now.
+
+    Chosen once, the count followed whatever ran at the start: a run started while a test suite was finishing took
+    one thread of two for its whole length (docs/performance.md). Never above the count before the run; changes
+    are logged and listed in ``metrics.json`` (``train.torch_threads.changes``).
+    """
+
+    def __init__(self, choice: ThreadChoice, clock=time.monotonic, others=others_runnable) -> None:
+        self.choice, self.clock, self.others = choice, clock, others
+        self.changes: list[dict[str, int]] = []
+        self._last: float | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = self.clock()
+        if self._last is None:
+            self._last = now
+        if now - self._last < RECHECK_S:
+            return
+        self._last = now
+        busy = self.others()
+        if busy is None:
+            return
+        choice = self.choice
+        threads = min(choice.ceiling, threads_for(choice.cores, min(busy, choice.cores), 1, choice.workers))
+        if threads != torch.get_num_threads():
+            logger.info("torch threads: %d from step %d (%d cores, %d busy with other work now).", threads,
+                        state.global_step, choice.cores, busy)
+            torch.set_num_threads(threads)
+            self.changes.append({"step": int(state.global_step), "threads": threads, "busy": busy})
+
+    def report(self) -> dict[str, object]:
+        return {"changes": self.changes} if self.changes else {}
 
 
 def local_processes(world_size: int) -> int:

@@ -98,3 +98,69 @@ def test_busy_cores_reads_the_runnable_threads_now_not_the_lagging_load_average(
     loadavg.write_text("0.10 0.10 0.10 3/300 12345\n")  # two other threads runnable now
     assert busy_cores(cores, processes=1, loadavg=loadavg, samples=2) == min(cores, 2)
     assert busy_cores(cores, processes=1, loadavg=tmp_path / "missing", samples=2) == 0
+
+
+def test_the_count_follows_the_other_work_during_a_run(many_threads, caplog):
+    from types import SimpleNamespace
+
+    from hf_transfer.training.threads import RECHECK_S, ThreadChoice, ThreadRecheck
+
+    torch.set_num_threads(1)  # chosen at the start, beside other work on one of two cores
+    choice = ThreadChoice(1, "2 cores, 1 busy with other work", cores=2, workers=0, processes=1, ceiling=64)
+    now, busy = [0.0], [0]
+    recheck = ThreadRecheck(choice, clock=lambda: now[0], others=lambda: busy[0])
+    state = SimpleNamespace(global_step=1)
+    with caplog.at_level(logging.INFO, logger="hf_transfer.training.threads"):
+        recheck.on_step_end(None, state, None)
+        now[0], state.global_step = RECHECK_S / 2, 5
+        recheck.on_step_end(None, state, None)
+        assert torch.get_num_threads() == 1  # not looked at again yet
+        now[0], state.global_step = RECHECK_S + 1, 9
+        recheck.on_step_end(None, state, None)
+        assert torch.get_num_threads() == 2  # the other work ended: both cores
+        busy[0], now[0], state.global_step = 5, 2 * RECHECK_S + 2, 20
+        recheck.on_step_end(None, state, None)
+        assert torch.get_num_threads() == 1  # others came back
+    assert recheck.report() == {"changes": [{"step": 9, "threads": 2, "busy": 0}, {"step": 20, "threads": 1, "busy": 5}]}
+    assert "torch threads: 2 from step 9" in caplog.text
+
+    capped = ThreadRecheck(ThreadChoice(1, "", cores=8, workers=2, processes=1, ceiling=3), clock=lambda: now[0],
+                           others=lambda: 0)
+    capped.on_step_end(None, state, None)
+    now[0] += RECHECK_S
+    capped.on_step_end(None, state, None)
+    assert torch.get_num_threads() == 3  # 8 - 2 workers = 6 free, but never above the count before the run
+
+
+def test_only_a_single_automatic_choice_is_looked_at_again(many_threads):
+    import os
+
+    cores = os.cpu_count()
+    assert choose_threads(0, 1, cached_head=False, environ=NO_USER, cores=cores, busy=0).ceiling == 64
+    assert choose_threads(0, 2, cached_head=False, environ=NO_USER, cores=cores, busy=0).ceiling == 0
+    assert choose_threads(0, 1, cached_head=True, environ=NO_USER, cores=cores, busy=0).ceiling == 0
+    assert choose_threads(0, 1, cached_head=False, environ={"OMP_NUM_THREADS": "2"}, cores=cores).ceiling == 0
+
+
+def test_other_runnable_threads_leave_out_this_process_and_its_children(tmp_path):
+    from hf_transfer.training.threads import others_runnable
+
+    def task(pid: int, tid: int, state: str, parent: int) -> None:
+        folder = tmp_path / str(pid)
+        (folder / "task" / str(tid)).mkdir(parents=True, exist_ok=True)
+        line = f"{tid} (py thon) {state} {parent} 1 1"
+        (folder / "task" / str(tid) / "stat").write_text(line)
+        if tid == pid:
+            (folder / "stat").write_text(line)
+
+    (tmp_path / "loadavg").write_text("1.00 1.00 1.00 6/300 999\n")
+    task(100, 100, "R", 1)
+    task(100, 101, "R", 1)  # this run's own threads
+    task(100, 102, "S", 1)
+    task(200, 200, "R", 100)  # a data-loader worker
+    task(300, 300, "R", 1)
+    task(300, 301, "R", 1)  # another job's two threads
+    assert others_runnable(tmp_path, pid=100, samples=2) == 3  # 6 runnable less this run's 3
+    (tmp_path / "loadavg").write_text("garbled")
+    assert others_runnable(tmp_path, pid=100) is None
+    assert others_runnable() is not None and others_runnable() >= 0  # this machine's /proc
