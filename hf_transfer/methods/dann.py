@@ -71,8 +71,8 @@ class DannOptions:
     """Reversal coefficient ``lambda = 2 / (1 + exp(-gamma p)) - 1`` at progress ``p`` of the steps after warm-up."""
     warmup_steps: int = 0
     """Optimizer steps at the start without the adversarial term: the label classifier learns the source first
-    (with ``batchnorm: joint`` or ``per_domain`` the target batches still pass, for the statistics), then the domain classifier
-    starts and lambda ramps over the remaining steps. With the ramp tied to all steps, a one-epoch run reaches
+    (with ``batchnorm: joint`` or ``per_domain`` the target batches still pass, for the statistics), then the
+    domain classifier starts and lambda ramps over the remaining steps. With the ramp tied to all steps, a one-epoch run reaches
     lambda ~ 1 by mid-run. A domain classifier trained alone during the warm-up would separate the domains with
     huge confidence, and the reversal would then flip the features rather than align them."""
     warmup_fraction: float = 0.0

@@ -53,7 +53,8 @@ def test_per_domain_run_saves_target_statistics_and_the_sources_beside_them(tiny
     assert statistics.active == "target"
     steps = result.trainer.state.global_step
     source, target = statistics.state_dict("source"), statistics.state_dict("target")
-    counts = {name: int(source[name]) - int(target[name]) for name in source if name.endswith("num_batches_tracked")}
+    counts = {name: int(source[name]) - int(target[name])
+              for name in source if name.endswith("num_batches_tracked")}
     assert counts and set(counts.values()) == {0}  # source only: a target pass per step all the same
     assert int(next(v for k, v in target.items() if k.endswith("num_batches_tracked"))) >= steps
 

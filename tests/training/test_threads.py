@@ -121,7 +121,8 @@ def test_the_count_follows_the_other_work_during_a_run(many_threads, caplog):
         busy[0], now[0], state.global_step = 5, 2 * RECHECK_S + 2, 20
         recheck.on_step_end(None, state, None)
         assert torch.get_num_threads() == 1  # others came back
-    assert recheck.report() == {"changes": [{"step": 9, "threads": 2, "busy": 0}, {"step": 20, "threads": 1, "busy": 5}]}
+    assert recheck.report() == {"changes": [{"step": 9, "threads": 2, "busy": 0},
+                                            {"step": 20, "threads": 1, "busy": 5}]}
     assert "torch threads: 2 from step 9" in caplog.text
 
     capped = ThreadRecheck(ThreadChoice(1, "", cores=8, workers=2, processes=1, ceiling=3), clock=lambda: now[0],
