@@ -41,7 +41,12 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def unknown_key_error(key: str, where: str, valid: Iterable[str]) -> RecipeError:
+def unknown_key_error(key: str, where: str, valid: Iterable[str], cls: type | None = None) -> RecipeError:
+    """One line naming the key, the closest valid one, or, for a key that was renamed (a section's ``RENAMED``:
+    old name -> what to write now), the new spelling."""
+    renamed = getattr(cls, "RENAMED", {}) if cls is not None else {}
+    if key in renamed:
+        return RecipeError(f"'{where}{key}' was replaced: {renamed[key]}.")
     valid = sorted(valid)
     hint = closest(key, valid)
     suggestion = f" Did you mean '{hint}'?" if hint else ""
@@ -133,7 +138,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if not isinstance(key, str) or key not in fields:
-            raise unknown_key_error(str(key), prefix, fields)
+            raise unknown_key_error(str(key), prefix, fields, cls)
         kwargs[key] = coerce(value, hints[key], prefix + key)
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -225,7 +230,7 @@ def replace_fields(obj: Any, changes: list[Change], prefix: str = "") -> Any:
     grouped: dict[str, list[Change]] = {}
     for keys, value in changes:
         if keys[0] not in fields:
-            raise unknown_key_error(keys[0], prefix, fields)
+            raise unknown_key_error(keys[0], prefix, fields, type(obj))
         grouped.setdefault(keys[0], []).append((keys[1:], value))
     values = {name: _field_value(getattr(obj, name), items, hints[name], prefix + name)
               for name, items in grouped.items()}

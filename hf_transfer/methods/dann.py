@@ -8,7 +8,7 @@ import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 import numpy as np
 
@@ -54,6 +54,9 @@ SCHEDULE_FIELDS = ("lr_scheduler_type", "warmup_steps", "warmup_ratio", "lr_sche
 
 @dataclass
 class DannOptions:
+    RENAMED: ClassVar[dict[str, str]] = {
+        "joint_forward": "write method.batchnorm: joint (was true) or separate (was false); per_domain, one set of "
+                         "BatchNorm statistics per domain, is the default now"}
     target: DataSection
     """Target-domain data, read like the ``data`` section (same label set; its train labels are not used
     except for ``target_labelled_per_class`` examples). Image size, augmentation and max_length come from ``data``."""

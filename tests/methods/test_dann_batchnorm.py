@@ -156,3 +156,16 @@ def test_checkpoints_carry_the_target_statistics_back_to_the_best_model(tiny_tim
     assert method.statistics.active == "source"
     callback.on_train_begin(args, SimpleNamespace(global_step=3), None)  # a resumed run reads the same file
     assert torch.equal(method.statistics.state_dict("target")[name], saved[name])
+
+
+def test_the_old_joint_forward_key_says_what_replaced_it(tmp_path):
+    from hf_transfer import Recipe
+    from hf_transfer.errors import RecipeError
+
+    recipe = {"task": "image-classification", "model": {"name_or_path": "some/model"}, "data": {"path": "d"},
+              "method": {"name": "dann", "target": {"path": "t"}, "joint_forward": False}}
+    with pytest.raises(RecipeError, match=r"^'method.joint_forward' was replaced: write method.batchnorm: joint"):
+        Recipe.from_dict(recipe)
+    del recipe["method"]["joint_forward"]
+    with pytest.raises(RecipeError, match="'method.joint_forward' was replaced"):
+        Recipe.from_dict(recipe).replace({"method.joint_forward": True})
