@@ -138,3 +138,13 @@ def bert_model(tiny_bert_dir):
 
     torch.manual_seed(0)
     return AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+
+
+@pytest.fixture(scope="module")
+def target_images(tmp_path_factory):
+    """A DANN target domain: the source's colour classes (``image_folder_data``) with other noise: train 9 per
+    class (1 of them validation), test 3 per class."""
+    root = tmp_path_factory.mktemp("target_images")
+    write_colour_images(root / "train", {"red": 9, "green": 9, "blue": 9}, seed=5, size=20)
+    write_colour_images(root / "test", {"red": 3, "green": 3, "blue": 3}, seed=6, size=20)
+    return root

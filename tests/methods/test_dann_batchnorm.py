@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from test_dann_schedule import built, dann_recipe, target_images  # noqa: F401  (fixture)
+from test_dann_schedule import built, dann_recipe
 from hf_transfer import finetune
 from hf_transfer.cli import _print_summary
 from hf_transfer.methods.dann import SOURCE_STATISTICS_FILE, DomainStatistics
@@ -42,7 +42,7 @@ def test_each_domain_moves_only_its_own_statistics():
 
 
 def test_per_domain_run_saves_target_statistics_and_the_sources_beside_them(tiny_timm_dir, image_folder_data,
-                                                                            target_images, tmp_path, capsys):  # noqa: F811
+                                                                            target_images, tmp_path, capsys):
     from transformers import AutoModelForImageClassification
 
     out = tmp_path / "run"
@@ -88,7 +88,7 @@ def test_per_domain_run_saves_target_statistics_and_the_sources_beside_them(tiny
 
 
 def test_per_domain_target_passes_use_the_target_statistics(tiny_timm_dir, image_folder_data, target_images,
-                                                            tmp_path):  # noqa: F811
+                                                            tmp_path):
     trainer = built(dann_recipe(tiny_timm_dir, image_folder_data, target_images, tmp_path / "run",
                                 batchnorm="per_domain"), tmp_path)
     method, model = trainer.method, trainer.model.train()
@@ -107,7 +107,7 @@ def test_per_domain_target_passes_use_the_target_statistics(tiny_timm_dir, image
 
 
 def test_source_only_comparison_shows_the_baseline_with_and_without_target_statistics(
-        tiny_timm_dir, image_folder_data, target_images, tmp_path, capsys):  # noqa: F811
+        tiny_timm_dir, image_folder_data, target_images, tmp_path, capsys):
     out = tmp_path / "run"
     result = finetune(dann_recipe(tiny_timm_dir, image_folder_data, target_images, out, batchnorm="per_domain",
                                   training={"num_train_epochs": 1}, evaluation={"compare_source_only": True}))
@@ -130,7 +130,7 @@ def test_source_only_comparison_shows_the_baseline_with_and_without_target_stati
 
 
 def test_checkpoints_carry_the_target_statistics_back_to_the_best_model(tiny_timm_dir, image_folder_data,
-                                                                        target_images, tmp_path):  # noqa: F811
+                                                                        target_images, tmp_path):
     from types import SimpleNamespace
 
     from hf_transfer.methods.dann import TARGET_STATISTICS_FILE, TargetStatisticsCheckpoint

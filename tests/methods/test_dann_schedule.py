@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import write_colour_images
 from test_dann import image_dann_recipe
 from hf_transfer import Recipe, finetune
 from hf_transfer.cli import _print_summary
@@ -22,15 +21,6 @@ from hf_transfer.methods.dann import (AnnealedSchedule, adversarial_coefficient,
 def dann_recipe(model_dir, source, target, out, training=None, evaluation=None, **method):
     """``test_dann``'s recipe without flips."""
     return image_dann_recipe(model_dir, source, target, out, training, evaluation, hflip=0.0, **method)
-
-
-@pytest.fixture(scope="module")
-def target_images(tmp_path_factory):
-    """The source's colour classes with other noise: train 9 per class (1 of them validation), test 3 per class."""
-    root = tmp_path_factory.mktemp("target_images")
-    write_colour_images(root / "train", {"red": 9, "green": 9, "blue": 9}, seed=5, size=20)
-    write_colour_images(root / "test", {"red": 3, "green": 3, "blue": 3}, seed=6, size=20)
-    return root
 
 
 def built(recipe, tmp_path):
