@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -17,8 +18,8 @@ from hf_transfer import finetune
 from hf_transfer.cli import run_cli
 from hf_transfer.errors import RecipeError
 from hf_transfer.recipe import Recipe
-from hf_transfer.training.budget import (BUDGET_MAX_EPOCHS, FEW_STEPS, PROBE_STEPS, WARMUP_STEPS, TimeBudgetCallback,
-                                         follow_total, parse_time_budget)
+from hf_transfer.training.budget import (BUDGET_MAX_EPOCHS, FEW_STEPS, PROBE_STEPS, WARMUP_STEPS, BudgetPlan,
+                                         TimeBudgetCallback, follow_total, parse_time_budget)
 from hf_transfer.training.preflight import preflight_training
 
 from test_bad_inputs import one_error
@@ -221,31 +222,40 @@ def test_a_short_budget_evaluates_less_often_than_a_long_one(tmp_path):
     assert short.evaluations * short.eval_s <= 0.2 * (60 - short.elapsed_s) + short.eval_s
 
 
+def simulated_run(tmp_path, seconds: float, examples: int, probe_s: float, step_s: float, eval_s: float):
+    """A budgeted run driven as ``Trainer`` drives its callbacks: steps of ``probe_s`` while the first ones are
+    timed, then of ``step_s``, and an evaluation plus checkpoint of ``eval_s`` wherever the plan puts one.
+    Returns the callback, the first plan, the evaluations during training and the clock at the end."""
+    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", eval_steps=1 << 30,
+                             save_strategy="steps", save_steps=1 << 30, report_to="none")
+    callback = TimeBudgetCallback(seconds, eval_examples=examples, final_examples=examples)
+    state, clock = TrainerState(max_steps=100_000, num_train_epochs=100), FakeClock(probe_s)
+    callback.clock = clock
+    callback.on_train_begin(args, state, TrainerControl())
+    step, first_plan, evaluations = 0, None, 0
+    while True:
+        step += 1
+        clock.now += probe_s if step <= WARMUP_STEPS + PROBE_STEPS else step_s
+        state.global_step = step
+        control = callback.on_step_end(args, state, TrainerControl())
+        if first_plan is None and callback.plan is not None:
+            first_plan = BudgetPlan(**asdict(callback.plan))  # a copy: a close re-plan updates the plan in place
+        if step >= state.max_steps or control.should_training_stop:
+            return callback, first_plan, evaluations, clock.now
+        if state.eval_steps and step % state.eval_steps == 0:  # what Trainer does between steps: evaluate, save
+            evaluations += 1
+            clock.now += eval_s
+            callback.on_evaluate(args, state, control)
+            callback.on_save(args, state, control)
+
+
 def test_the_plan_follows_steps_that_turn_fast(tmp_path):
     """The timed first steps were slow (``group_by_length`` puts the longest batch first); after each evaluation
     the run plans again from all steps so far and uses the budget, instead of ending far before it."""
-    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", eval_steps=1 << 30,
-                             save_strategy="steps", save_steps=1 << 30, report_to="none")
-    callback = TimeBudgetCallback(100, eval_examples=8, final_examples=8)
-    state, clock = TrainerState(max_steps=100_000, num_train_epochs=100), FakeClock(0.5)
-    callback.clock = clock
-    callback.on_train_begin(args, state, TrainerControl())
-    step, first_plan = 0, None
-    while True:
-        step += 1
-        clock.now += 0.5 if step <= WARMUP_STEPS + PROBE_STEPS else 0.1
-        state.global_step = step
-        control = callback.on_step_end(args, state, TrainerControl())
-        first_plan = first_plan or (callback.plan and callback.plan.max_steps)
-        if step >= state.max_steps or control.should_training_stop:
-            break
-        if state.eval_steps and step % state.eval_steps == 0:  # what Trainer does between steps: evaluate, save
-            clock.now += 1.0
-            callback.on_evaluate(args, state, control)
-            callback.on_save(args, state, control)
+    callback, first_plan, _, end = simulated_run(tmp_path, 100, examples=8, probe_s=0.5, step_s=0.1, eval_s=1.0)
     final_s = 2 * 1.0  # the final evaluation (validation + test) and checkpoint
-    assert callback.plan.max_steps > 3 * first_plan  # the first plan assumed 0.5 s steps for the whole run
-    assert 0.8 * 100 <= clock.now + final_s <= 100, clock.now
+    assert callback.plan.max_steps > 3 * first_plan.max_steps  # the first plan assumed 0.5 s steps for the whole run
+    assert 0.8 * 100 <= end + final_s <= 100, end
     assert callback.plan.step_s < 0.2 and callback.report()["measured"]
 
 
@@ -253,28 +263,9 @@ def test_a_run_with_one_evaluation_plans_again_before_its_end(tmp_path):
     """The MPNet case: evaluations so dear that only the final one is affordable, and steps that turn fast after
     the timed ones. With no evaluation to plan again at, the run kept its first plan and used half the budget; a
     quarter of the steps still planned is a reason to plan again too."""
-    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", eval_steps=1 << 30,
-                             save_strategy="steps", save_steps=1 << 30, report_to="none")
-    callback = TimeBudgetCallback(100, eval_examples=200, final_examples=200)
-    state, clock = TrainerState(max_steps=100_000, num_train_epochs=100), FakeClock(1.0)
-    callback.clock = clock
-    callback.on_train_begin(args, state, TrainerControl())
-    step, first_plan, evaluations = 0, None, 0
-    while True:
-        step += 1
-        clock.now += 1.0 if step <= WARMUP_STEPS + PROBE_STEPS else 0.5
-        state.global_step = step
-        control = callback.on_step_end(args, state, TrainerControl())
-        if callback.plan and first_plan is None:
-            first_plan = callback.plan
-            assert first_plan.evaluations == 1  # 200 examples cost ~100 steps' time: only the last is affordable
-        if step >= state.max_steps or control.should_training_stop:
-            break
-        if state.eval_steps and step % state.eval_steps == 0:
-            evaluations += 1
-            clock.now += 10.0
-            callback.on_evaluate(args, state, control)
-            callback.on_save(args, state, control)
+    callback, first_plan, evaluations, end = simulated_run(tmp_path, 100, examples=200, probe_s=1.0, step_s=0.5,
+                                                           eval_s=10.0)
+    assert first_plan.evaluations == 1  # 200 examples cost ~100 steps' time: only the last is affordable
     assert callback.plan.max_steps > 1.5 * first_plan.max_steps
     assert callback.plan.step_s == pytest.approx(0.5, rel=0.1) and evaluations == 0
-    assert clock.now >= 0.6 * 100, clock.now  # the budget used, not ended at its half
+    assert end >= 0.6 * 100, end  # the budget used, not ended at its half
